@@ -1,0 +1,169 @@
+"""Accounts (tenants) and their users: creation, lookup and the names they carry, sealed.
+
+Account and user names are unique service-wide (case-insensitively) through blind indexes
+under the service key; emails are indexed per account. Nothing here stores a name in clear.
+"""
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from common import audit, passwords, paths
+from common.crypto import DataKeys, Keyring
+from common.errors import AlreadyExists, InvalidInput, NotFound
+from common.models import TIERS, Account, Node, PasswordPolicy, User
+
+ACCOUNT_NAME_MAX = 64
+AUDIT_FOLDER_NAME = "Audit Logs"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asks for an administrative change, for the audit trail."""
+
+    protocol: str = "system"
+    ip: str | None = None
+    user_id: int | None = None
+    username: str | None = None
+
+
+SYSTEM = Actor()
+
+
+def validate_account_name(name: str) -> str:
+    """Printable text of 1 to 64 characters, NFC; the display form is kept as typed."""
+    name = unicodedata.normalize("NFC", name.strip())
+    if not 1 <= len(name) <= ACCOUNT_NAME_MAX:
+        raise InvalidInput(f"An account name has 1 to {ACCOUNT_NAME_MAX} characters.")
+    if any(unicodedata.category(c)[0] in "CZ" and c != " " for c in name):
+        raise InvalidInput("An account name may not contain control or invisible characters.")
+    return name
+
+
+def account_name_index(service: DataKeys, name: str) -> bytes:
+    return service.index("account-name", validate_account_name(name).casefold())
+
+
+def username_index(service: DataKeys, username: str) -> bytes:
+    """The service-wide blind index of a user name (ASCII case-insensitive)."""
+    return service.index("username", paths.username_key(username))
+
+
+def email_index(keys: DataKeys, email: str) -> bytes:
+    return keys.index("email", paths.normalise_email(email))
+
+
+def create_account(session: Session, keyring: Keyring, *, name: str, tier: str, admin_username: str,
+                   admin_email: str, admin_password: str, actor: Actor = SYSTEM) -> tuple[Account, User]:
+    """Create an account with its keys, policy, Audit Logs folder and first admin."""
+    if tier not in TIERS:
+        raise InvalidInput(f"Tier must be one of {', '.join(TIERS)}.")
+    service = keyring.service(session)
+    name = validate_account_name(name)
+    index = account_name_index(service, name)
+    if session.scalar(select(Account.id).where(Account.name_index == index)) is not None:
+        raise AlreadyExists("An account with this name already exists.")
+    account = Account(name_sealed=service.seal_text(name, "account-name"), name_index=index,
+                      tier=tier, audit_head=audit.GENESIS, audit_count=0)
+    session.add(account)
+    session.flush()
+    keyring.create_account_keys(session, account.id)
+    session.add(PasswordPolicy(account_id=account.id))
+    account.audit_folder_id = _make_root(session, keyring, account.id, None, "audit", AUDIT_FOLDER_NAME).id
+    audit.record(session, keyring, _admin_event(actor, account.id, "account created"))
+    admin = create_user(session, keyring, account, username=admin_username, email=admin_email,
+                        password=admin_password, role="admin", actor=actor)
+    return account, admin
+
+
+def create_user(session: Session, keyring: Keyring, account: Account, *, username: str, email: str,
+                password: str, role: str = "user", actor: Actor = SYSTEM) -> User:
+    """Create a user with a home folder, after the name, email and password checks."""
+    service = keyring.service(session)
+    keys = keyring.account(session, account.id)
+    paths.validate_username(username)
+    email = email.strip()
+    index = username_index(service, username)
+    if session.scalar(select(User.id).where(User.username_index == index)) is not None:
+        raise AlreadyExists("That user name is taken; choose another.")
+    check_new_password(session, account, password, user_inputs=(username, email))
+    user = User(account_id=account.id, role=role, status="active",
+                username_sealed=service.seal_text(username, "username"), username_index=index,
+                email_sealed=keys.seal_text(email, "email"), email_index=email_index(keys, email),
+                password_hash=passwords.hash_password(password),
+                password_changed_at=datetime.now(timezone.utc))
+    session.add(user)
+    session.flush()
+    user.home_folder_id = _make_root(session, keyring, account.id, user.id, "home", "home").id
+    audit.record(session, keyring, _admin_event(actor, account.id, f"user {user.id} created as {role}"))
+    return user
+
+
+def check_new_password(session: Session, account: Account, password: str,
+                       user_inputs: tuple[str, ...] = ()) -> None:
+    """Apply the account's policy (enterprise tiers) and the always-on guessability check."""
+    policy = session.get(PasswordPolicy, account.id)
+    rules = {}
+    if policy is not None and account.is_enterprise:
+        rules = dict(min_length=policy.min_length, upper=policy.require_upper,
+                     lower=policy.require_lower, digit=policy.require_digit,
+                     symbol=policy.require_symbol)
+    passwords.check_password(password, user_inputs=user_inputs, **rules)
+
+
+def find_account(session: Session, keyring: Keyring, name: str) -> Account:
+    """The account with this name (case-insensitive), or NotFound."""
+    try:
+        index = account_name_index(keyring.service(session), name)
+    except InvalidInput:
+        raise NotFound("No such account.") from None
+    account = session.scalar(select(Account).where(Account.name_index == index))
+    if account is None:
+        raise NotFound("No such account.")
+    return account
+
+
+def find_user(session: Session, keyring: Keyring, username: str) -> User | None:
+    """The user with this login name anywhere in the service, or None."""
+    try:
+        paths.validate_username(username)
+    except InvalidInput:
+        return None
+    index = username_index(keyring.service(session), username)
+    return session.scalar(select(User).where(User.username_index == index))
+
+
+def find_account_user(session: Session, keyring: Keyring, account: Account, username: str) -> User:
+    """A user who must belong to the named account; anything else is NotFound."""
+    user = find_user(session, keyring, username)
+    if user is None or user.account_id != account.id:
+        raise NotFound("No such user in this account.")
+    return user
+
+
+def account_name(session: Session, keyring: Keyring, account: Account) -> str:
+    return keyring.service(session).open_text(account.name_sealed, "account-name")
+
+
+def user_name(session: Session, keyring: Keyring, user: User) -> str:
+    return keyring.service(session).open_text(user.username_sealed, "username")
+
+
+def _make_root(session: Session, keyring: Keyring, account_id: int, owner_id: int | None,
+               root_kind: str, name: str) -> Node:
+    keys = keyring.account(session, account_id)
+    node = Node(account_id=account_id, owner_id=owner_id, parent_id=None, kind="folder",
+                root_kind=root_kind, name_sealed=keys.seal_text(name, "node-name"),
+                name_index=keys.index(f"root:{root_kind}:{owner_id}", name))
+    session.add(node)
+    session.flush()
+    return node
+
+
+def _admin_event(actor: Actor, account_id: int, detail: str) -> audit.Event:
+    return audit.Event(action="admin_change", protocol=actor.protocol, account_id=account_id,
+                       user_id=actor.user_id, username=actor.username, ip=actor.ip, detail=detail)

@@ -1,0 +1,157 @@
+"""Recording audit events in per-account hash chains, and verifying the chains.
+
+Every event carries the hash of the one before; the account row (or, for events that belong
+to no account, the service_state row) keeps the head and the count, so an edited, deleted,
+reordered or truncated event is detectable. The chain hashes the stored (sealed) bytes, which
+key rotation never changes. `record` runs in the caller's transaction and locks the chain's
+head row, so concurrent writers cannot fork the chain.
+"""
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from common.crypto import Keyring
+from common.models import Account, AuditEvent, ServiceState
+
+GENESIS = bytes(32)
+
+ACTIONS = (
+    "login", "login_failed", "logout", "upload", "download", "delete", "rename", "mkdir",
+    "share", "unshare", "link_access", "lockout", "denied", "integrity_failure", "admin_change",
+)
+PROTOCOLS = ("web", "ftps", "sftp", "link", "system")
+DIRECTIONS = ("in", "out")
+STATUSES = ("ok", "failed", "refused")
+
+
+@dataclass(frozen=True)
+class Event:
+    """What happened; names and paths are given in clear here and sealed on the way in."""
+
+    action: str
+    protocol: str
+    status: str = "ok"
+    account_id: int | None = None
+    user_id: int | None = None
+    username: str | None = None
+    ip: str | None = None
+    direction: str | None = None
+    path: str | None = None
+    bytes: int | None = None
+    duration_ms: int | None = None
+    detail: str | None = None
+
+    def __post_init__(self):
+        if self.action not in ACTIONS:
+            raise ValueError(f"unknown audit action {self.action!r}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown audit protocol {self.protocol!r}")
+        if self.status not in STATUSES:
+            raise ValueError(f"unknown audit status {self.status!r}")
+        if self.direction not in (None, *DIRECTIONS):
+            raise ValueError(f"unknown audit direction {self.direction!r}")
+
+
+def record(session: Session, keyring: Keyring, event: Event) -> AuditEvent:
+    """Append an event to its chain in the caller's transaction."""
+    keys = keyring.account(session, event.account_id) if event.account_id else keyring.service(session)
+    head = _lock_head(session, event.account_id)
+    row = AuditEvent(
+        account_id=event.account_id,
+        seq=head.audit_count + 1,
+        at=datetime.now(timezone.utc),
+        user_id=event.user_id,
+        username_sealed=keys.seal_text(event.username, "audit-username") if event.username else None,
+        ip=normalise_ip(event.ip),
+        protocol=event.protocol,
+        action=event.action,
+        direction=event.direction,
+        path_sealed=keys.seal_text(event.path, "audit-path") if event.path else None,
+        nbytes=event.bytes,
+        duration_ms=event.duration_ms,
+        status=event.status,
+        detail=event.detail,
+        prev_hash=head.audit_head,
+    )
+    row.hash = event_hash(row)
+    session.add(row)
+    head.audit_head, head.audit_count = row.hash, row.seq
+    session.flush()
+    return row
+
+
+def _lock_head(session: Session, account_id: int | None) -> Account | ServiceState:
+    model, key = (Account, account_id) if account_id else (ServiceState, 1)
+    head = session.get(model, key, with_for_update=True, populate_existing=True)
+    if head is None:
+        raise LookupError("audit chain head is missing")
+    return head
+
+
+def normalise_ip(ip: str | None) -> str | None:
+    """The address without port, IPv4-mapped IPv6 shown as IPv4."""
+    if not ip:
+        return None
+    if ip.lower().startswith("::ffff:") and "." in ip:
+        return ip[7:]
+    return ip
+
+
+def event_hash(row: AuditEvent) -> bytes:
+    """SHA-256 over the previous hash and every stored field, length-prefixed."""
+    fields = (
+        row.prev_hash, row.account_id, row.seq, row.at.astimezone(timezone.utc).isoformat(),
+        row.user_id, row.username_sealed, row.ip, row.protocol, row.action, row.direction,
+        row.path_sealed, row.nbytes, row.duration_ms, row.status, row.detail,
+    )
+    digest = hashlib.sha256(b"sealdrop-audit-v1")
+    for value in fields:
+        encoded = _encode(value)
+        digest.update(struct.pack(">q", len(encoded) if encoded is not None else -1))
+        digest.update(encoded or b"")
+    return digest.digest()
+
+
+def _encode(value) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    ok: bool
+    count: int
+    problem: str | None = None
+
+
+def verify_chain(session: Session, account_id: int | None) -> ChainReport:
+    """Walk a chain in order and check every link, the head and the count."""
+    head = session.get(Account, account_id) if account_id else session.get(ServiceState, 1)
+    if head is None:
+        return ChainReport(False, 0, "the chain's head row is missing")
+    query = (select(AuditEvent)
+             .where(AuditEvent.account_id == account_id if account_id else AuditEvent.account_id.is_(None))
+             .order_by(AuditEvent.seq)
+             .execution_options(yield_per=2000))
+    expected_prev, count = GENESIS, 0
+    for row in session.scalars(query):
+        count += 1
+        if row.seq != count:
+            return ChainReport(False, count - 1, f"event {count} is missing (found {row.seq} next)")
+        if row.prev_hash != expected_prev:
+            return ChainReport(False, count - 1, f"event {row.seq} does not follow the one before")
+        if event_hash(row) != row.hash:
+            return ChainReport(False, count - 1, f"event {row.seq} was altered")
+        expected_prev = row.hash
+    if count != head.audit_count or expected_prev != head.audit_head:
+        return ChainReport(False, count, f"chain holds {count} events but its head records {head.audit_count}")
+    return ChainReport(True, count)

@@ -1,0 +1,90 @@
+"""Password hashing (argon2id) and the password rules applied wherever a password is set.
+
+Kept apart from common.auth so that setting a password (CLI, portal) and checking a login share
+one hashing configuration and one counter of hashing work, which the tests read to prove that
+unknown user names cost the same work as known ones.
+"""
+from __future__ import annotations
+
+import itertools
+import string
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from zxcvbn import zxcvbn
+
+from common.errors import PolicyViolation
+
+# OWASP's argon2id baseline (19 MiB, 2 passes, 1 lane): tens of milliseconds per login.
+_HASHER = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+_DUMMY_HASH = _HASHER.hash("sealdrop-dummy-password-for-unknown-users")
+_work = itertools.count(1)
+_work_done = 0
+
+MIN_LENGTH = 8
+MAX_LENGTH = 256
+# zxcvbn scores 0..4; below 3 is guessable within about 10^8 attempts offline.
+MIN_STRENGTH = 3
+
+
+def hash_password(password: str) -> str:
+    """The argon2id hash stored for a password."""
+    return _HASHER.hash(password)
+
+
+def verify_password(stored_hash: str | None, password: str) -> bool:
+    """Check a password; with no stored hash, run the same work against a dummy hash."""
+    _count_work()
+    try:
+        return _HASHER.verify(stored_hash or _DUMMY_HASH, password) and stored_hash is not None
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def burn_password_work(password: str) -> None:
+    """Spend exactly the work of one password check, for replies that must not be faster."""
+    verify_password(None, password)
+
+
+def hashing_work_done() -> int:
+    """How many password checks this process has run (tests compare it, never time it)."""
+    return _work_done
+
+
+def _count_work() -> None:
+    global _work_done
+    _work_done = next(_work)
+
+
+def policy_failures(password: str, *, min_length: int = MIN_LENGTH, upper: bool = False,
+                    lower: bool = False, digit: bool = False, symbol: bool = False,
+                    user_inputs: tuple[str, ...] = ()) -> list[str]:
+    """Every rule the password breaks, as messages a person can act on (empty: acceptable)."""
+    problems = []
+    if len(password) < max(min_length, MIN_LENGTH):
+        problems.append(f"Use at least {max(min_length, MIN_LENGTH)} characters.")
+    if len(password) > MAX_LENGTH:
+        problems.append(f"Use at most {MAX_LENGTH} characters.")
+    if upper and not any(c.isupper() for c in password):
+        problems.append("Include an upper-case letter.")
+    if lower and not any(c.islower() for c in password):
+        problems.append("Include a lower-case letter.")
+    if digit and not any(c.isdigit() for c in password):
+        problems.append("Include a digit.")
+    if symbol and all(c.isalnum() or c in string.whitespace for c in password):
+        problems.append("Include a character that is not a letter or digit.")
+    if not problems and is_guessable(password, user_inputs):
+        problems.append("This password is too common or easy to guess; choose a longer, less predictable one.")
+    return problems
+
+
+def is_guessable(password: str, user_inputs: tuple[str, ...] = ()) -> bool:
+    """True for common, breached-style or trivially derived passwords."""
+    return zxcvbn(password[:100], user_inputs=list(user_inputs))["score"] < MIN_STRENGTH
+
+
+def check_password(password: str, **rules) -> None:
+    """Raise PolicyViolation listing every broken rule."""
+    problems = policy_failures(password, **rules)
+    if problems:
+        raise PolicyViolation(problems)

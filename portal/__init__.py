@@ -1,0 +1,50 @@
+"""The portal: the app factory. `flask --app portal ...` is also the operator CLI."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from flask import Flask
+
+from common.config import Settings, settings_from_environment
+from common.errors import ConfigError
+from common.services import Services
+from portal.extensions import db, migrate
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the portal for the given settings (default: the environment)."""
+    settings = settings or _settings_or_exit()
+    app = Flask(__name__, template_folder=str(REPO_ROOT / "templates"))
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        SQLALCHEMY_DATABASE_URI=settings.database_url,
+        SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True},
+    )
+    app.extensions["sealdrop"] = Services(settings)
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(REPO_ROOT / "migrations"), compare_type=True)
+    from portal import cli
+    cli.register(app)
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    return app
+
+
+def services(app: Flask) -> Services:
+    """The common services of this app."""
+    return app.extensions["sealdrop"]
+
+
+def _settings_or_exit() -> Settings:
+    # A configuration error is one clear line and a non-zero exit, never a traceback.
+    try:
+        return settings_from_environment()
+    except ConfigError as exc:
+        print(f"sealdrop: configuration error: {exc.message}", file=sys.stderr)
+        raise SystemExit(78) from None

@@ -1,0 +1,82 @@
+"""The operator CLI (`flask --app portal ...`): stable commands for operators and automation.
+
+Every command runs in one transaction; any failure is one line on stderr and a non-zero exit.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+from flask import Flask, current_app
+
+from common import accounts
+from common.errors import SealdropError
+
+accounts_cli = click.Group("accounts", help="Create and delete accounts.")
+users_cli = click.Group("users", help="Manage the users of an account.")
+
+
+def register(app: Flask) -> None:
+    for group in (accounts_cli, users_cli):
+        app.cli.add_command(group)
+
+
+def operator_command(func):
+    """Give the command a session and keyring; turn failures into one line and an exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        services = current_app.extensions["sealdrop"]
+        try:
+            with services.db.session() as session:
+                return func(session, services.keyring, *args, **kwargs)
+        except SealdropError as exc:
+            fail(exc.message, exc.exit_code)
+
+    return wrapper
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def read_secret(value: str) -> str:
+    """`-` means: read the secret from standard input (first line), keeping it off argv."""
+    if value != "-":
+        return value
+    line = sys.stdin.readline().rstrip("\r\n")
+    if not line:
+        fail("no password on standard input", 2)
+    return line
+
+
+@accounts_cli.command("create")
+@click.argument("name")
+@click.option("--tier", type=click.Choice(["basic", "t2", "t5", "t10"]), required=True)
+@click.option("--admin", "admin_username", required=True, help="User name of the first admin.")
+@click.option("--email", required=True, help="Email of the first admin.")
+@click.option("--password", required=True, help="The admin's password, or - to read it from stdin.")
+@operator_command
+def create_account(session, keyring, name, tier, admin_username, email, password):
+    """Create an account with its first admin."""
+    account, admin = accounts.create_account(
+        session, keyring, name=name, tier=tier, admin_username=admin_username,
+        admin_email=email, admin_password=read_secret(password))
+    click.echo(f"Created account {account.id} with admin user {admin.id}.")
+
+
+@users_cli.command("create")
+@click.argument("account_name", metavar="ACCOUNT")
+@click.argument("username", metavar="USER")
+@click.option("--email", required=True)
+@click.option("--admin", "is_admin", is_flag=True, help="Make the user an account admin.")
+@click.option("--password", required=True, help="The password, or - to read it from stdin.")
+@operator_command
+def create_user(session, keyring, account_name, username, email, is_admin, password):
+    """Create a user in an account."""
+    account = accounts.find_account(session, keyring, account_name)
+    user = accounts.create_user(session, keyring, account, username=username, email=email,
+                                password=read_secret(password), role="admin" if is_admin else "user")
+    click.echo(f"Created user {user.id}.")
