@@ -22,6 +22,16 @@ class Services:
         self.keyring = Keyring(MasterKeyRing(self.settings.master_keys))
 
     @cached_property
+    def spool(self):
+        from common.storage import Spool
+        return Spool(self.settings.spool_dir, self.settings.spool_id)
+
+    @cached_property
+    def store(self):
+        from common.storage import ObjectStore
+        return ObjectStore(self.settings)
+
+    @cached_property
     def redis(self):
         from redis import Redis
         return Redis.from_url(self.settings.redis_url)

@@ -1,0 +1,542 @@
+"""The Workspace: the one virtual filesystem that every door (web, FTPS, SFTP) speaks through.
+
+A user's view is their home folder at `/`, plus `/Shared/<owner>/<folder>` for each folder
+shared with them and, for admins, the account's `/Audit Logs` (read-only). Every operation
+runs the same sequence: normalise the path, resolve it inside the caller's account only,
+check the permission, go through crypto and storage, and record the audit event in the same
+transaction as the change. Adapters never touch storage or crypto themselves.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Iterator
+
+from sqlalchemy import func, select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from common import audit, jobs, paths
+from common.content import ContentReader, ContentWriter, StoredContent
+from common.crypto import DataKeys, random_key
+from common.errors import (
+    AlreadyExists, IntegrityFailure, InvalidName, IsAFolder, NotAFolder, NotEmpty, NotFound,
+    PermissionDenied, SealdropError, Unsupported,
+)
+from common.models import Account, FileVersion, Node, PendingPurge, Share, User
+from common.services import Services
+
+SHARED = "Shared"
+AUDIT_LOGS = "Audit Logs"
+RESERVED_ROOT_NAMES = (SHARED, AUDIT_LOGS)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated party a Workspace acts for."""
+
+    user_id: int
+    account_id: int
+    username: str
+    role: str
+    protocol: str
+    ip: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What a door needs to show one file or folder."""
+
+    name: str
+    path: str
+    kind: str  # "folder" or "file"
+    size: int = 0
+    mtime: datetime = EPOCH
+    writable: bool = False
+    md5: bytes | None = None
+    sha256: bytes | None = None
+
+    @property
+    def is_folder(self) -> bool:
+        return self.kind == "folder"
+
+
+@dataclass
+class _Place:
+    """A resolved path: a virtual folder, or a node under a root with a permission."""
+
+    path: str
+    node: Node | None = None
+    permission: str = "read"  # of the root this node is under
+    share: Share | None = None  # when under a shared folder
+    share_root: bool = False  # the shared folder itself (never renamed or removed)
+    virtual: str | None = None  # "shared" or "shared-owner" for the /Shared levels
+    owner_name: str | None = None
+    children: dict = field(default_factory=dict)
+
+    @property
+    def writable(self) -> bool:
+        return self.node is not None and self.permission == "write"
+
+
+class Workspace:
+    """One principal's view of their files, the same for every protocol."""
+
+    def __init__(self, services: Services, principal: Principal):
+        self.services = services
+        self.me = principal
+
+    # -- reading the tree ------------------------------------------------------------------
+    def stat(self, path: str) -> Entry:
+        """Metadata of one file or folder."""
+        with self._session() as session:
+            place = self._resolve(session, path)
+            return self._entry(session, place)
+
+    def list_dir(self, path: str) -> list[Entry]:
+        """The entries of a folder, sorted by name (names are decrypted here, then sorted)."""
+        with self._session() as session:
+            place = self._resolve(session, path)
+            if place.virtual:
+                entries = [Entry(name, paths.join(place.path, name), "folder")
+                           for name in place.children]
+            else:
+                if place.node.kind != "folder":
+                    raise NotAFolder()
+                entries = self._children(session, place)
+                if place.path == "/":
+                    entries += self._root_extras()
+        return sorted(entries, key=lambda e: e.name)
+
+    def fingerprint(self, path: str) -> Entry:
+        """A file's recorded size, MD5 and SHA-256 (verified on every whole read)."""
+        entry = self.stat(path)
+        if entry.is_folder:
+            raise IsAFolder()
+        return entry
+
+    # -- changing the tree -----------------------------------------------------------------
+    def make_dir(self, path: str) -> Entry:
+        """Create a folder."""
+        with self._session() as session:
+            parent, name = self._writable_parent(session, path)
+            keys = self._keys(session)
+            node = Node(account_id=self.me.account_id, owner_id=parent.node.owner_id,
+                        parent_id=parent.node.id, kind="folder",
+                        name_sealed=keys.seal_text(name, "node-name"),
+                        name_index=keys.index(f"node:{parent.node.id}", name))
+            if self._child(session, parent.node, name) is not None:
+                raise AlreadyExists()
+            session.add(node)
+            self._audit(session, "mkdir", path=paths.join(parent.path, name))
+            session.flush()
+            return self._node_entry(paths.join(parent.path, name), node, None, parent.permission)
+
+    def remove(self, path: str, *, recursive: bool = True) -> None:
+        """Delete a file or folder permanently: rows and keys now, ciphertext by the purge job."""
+        with self._session() as session:
+            place = self._resolve(session, path)
+            self._check_changeable(place)
+            if place.node.kind == "folder" and not recursive and self._has_children(session, place.node):
+                raise NotEmpty()
+            self._purge_subtree(session, place.node)
+            self._audit(session, "delete", path=place.path)
+        jobs.enqueue_purge(self.services)
+
+    def rename(self, source: str, target: str, *, overwrite: bool = True) -> Entry:
+        """Move or rename within one root (metadata only: objects are keyed by id)."""
+        with self._session() as session:
+            src = self._resolve(session, source)
+            self._check_changeable(src)
+            parent, name = self._writable_parent(session, target)
+            if parent.node.id != src.node.parent_id and _root_of(session, parent.node) != _root_of(session, src.node):
+                raise Unsupported("Moving between your files and a shared folder is not supported; copy instead")
+            if src.node.kind == "folder" and _is_within(session, parent.node, src.node):
+                raise InvalidName("A folder cannot be moved into itself")
+            existing = self._child(session, parent.node, name)
+            if existing is not None and existing.id != src.node.id:
+                if not overwrite or existing.kind == "folder" or src.node.kind == "folder":
+                    raise AlreadyExists()
+                self._purge_subtree(session, existing)
+            keys = self._keys(session)
+            src.node.parent_id = parent.node.id
+            src.node.name_sealed = keys.seal_text(name, "node-name")
+            src.node.name_index = keys.index(f"node:{parent.node.id}", name)
+            new_path = paths.join(parent.path, name)
+            self._audit(session, "rename", path=f"{src.path} -> {new_path}")
+            session.flush()
+            version = session.get(FileVersion, src.node.current_version_id) if src.node.current_version_id else None
+            entry = self._node_entry(new_path, src.node, version, parent.permission)
+        if existing is not None:
+            jobs.enqueue_purge(self.services)
+        return entry
+
+    def set_mtime(self, path: str, mtime: datetime) -> None:
+        """Keep a client-supplied modification time (FTP MFMT, SFTP setstat)."""
+        with self._session() as session:
+            place = self._resolve(session, path)
+            if not place.writable:
+                raise PermissionDenied()
+            place.node.mtime = mtime
+
+    # -- content ---------------------------------------------------------------------------
+    def open_write(self, path: str, *, mtime: datetime | None = None) -> "Upload":
+        """Start an upload; nothing is visible until `commit()`; `abort()` leaves no trace."""
+        with self._session() as session:
+            parent, name = self._writable_parent(session, path)
+            existing = self._child(session, parent.node, name)
+            if existing is not None and existing.kind == "folder":
+                raise IsAFolder()
+            version_id = uuid.uuid4()
+            file_key = random_key()
+            wrapped, key_version = self.services.keyring.wrap_file_key(
+                session, self.me.account_id, file_key, version_id.bytes)
+        writer = ContentWriter(self.services.spool, file_key, version_id, key_version)
+        return Upload(self, parent.node.id, parent.node.owner_id, paths.join(parent.path, name), name,
+                      writer, wrapped, key_version, mtime)
+
+    def open_read(self, path: str, offset: int = 0, length: int | None = None) -> "Download":
+        """Stream a file's plaintext from `offset`; a whole read re-proves its fingerprints."""
+        with self._session() as session:
+            place = self._resolve(session, path)
+            if place.virtual or place.node.kind == "folder":
+                raise IsAFolder()
+            version = session.get(FileVersion, place.node.current_version_id)
+            if version is None:
+                raise NotFound()
+            file_key = self.services.keyring.unwrap_file_key(
+                session, self.me.account_id, version.wrapped_key, version.key_version, version.id.bytes)
+            content = StoredContent(version.id, version.storage_key, version.size, version.md5,
+                                    version.sha256, version.state, version.spool_id)
+        reader = ContentReader(content, file_key, self.services.spool, self.services.store,
+                               refresh_state=lambda: self._version_state(content.version_id))
+        return Download(self, place.path, content.size, reader.read(offset, length), offset)
+
+    # -- internals: resolution -------------------------------------------------------------
+    def _session(self):
+        return self.services.db.session()
+
+    def _keys(self, session: Session) -> DataKeys:
+        return self.services.keyring.account(session, self.me.account_id)
+
+    def _resolve(self, session: Session, path: str) -> _Place:
+        path = paths.normalise(path)
+        parts = paths.parts(path)
+        user = session.get(User, self.me.user_id)
+        if user is None or user.account_id != self.me.account_id or user.status != "active":
+            raise PermissionDenied()
+        if parts[:1] == (SHARED,):
+            return self._resolve_shared(session, parts)
+        if parts[:1] == (AUDIT_LOGS,):
+            if not self.me.is_admin:
+                raise NotFound()
+            account = session.get(Account, self.me.account_id)
+            root = _Place("/" + AUDIT_LOGS, session.get(Node, account.audit_folder_id), "read")
+            return self._walk(session, root, parts[1:])
+        home = _Place("/", session.get(Node, user.home_folder_id), "write")
+        return self._walk(session, home, parts)
+
+    def _resolve_shared(self, session: Session, parts: tuple[str, ...]) -> _Place:
+        owners = self._shared_with_me(session)
+        if len(parts) == 1:
+            return _Place("/" + SHARED, virtual="shared", children=owners)
+        folders = owners.get(parts[1])
+        if folders is None:
+            raise NotFound()
+        owner_path = paths.join("/" + SHARED, parts[1])
+        if len(parts) == 2:
+            return _Place(owner_path, virtual="shared-owner", owner_name=parts[1], children=folders)
+        share = folders.get(parts[2])
+        if share is None:
+            raise NotFound()
+        root = _Place(paths.join(owner_path, parts[2]), session.get(Node, share.folder_id),
+                      share.permission, share=share, share_root=True)
+        return self._walk(session, root, parts[3:])
+
+    def _walk(self, session: Session, place: _Place, names: tuple[str, ...]) -> _Place:
+        node = place.node
+        if node is None or node.account_id != self.me.account_id:
+            raise NotFound()
+        for name in names:
+            if node.kind != "folder":
+                raise NotAFolder()
+            node = self._child(session, node, name)
+            if node is None:
+                raise NotFound()
+            place = _Place(paths.join(place.path, name), node, place.permission, share=place.share)
+        return place
+
+    def _child(self, session: Session, folder: Node, name: str) -> Node | None:
+        index = self._keys(session).index(f"node:{folder.id}", name)
+        return session.scalar(select(Node).where(Node.parent_id == folder.id, Node.name_index == index))
+
+    def _shared_with_me(self, session: Session) -> dict[str, dict[str, Share]]:
+        """{owner name: {folder name (with ' (2)' on clashes): share}} for shares to me."""
+        rows = session.execute(
+            select(Share, Node.name_sealed, User.username_sealed)
+            .join(Node, Node.id == Share.folder_id).join(User, User.id == Share.owner_id)
+            .where(Share.grantee_user_id == self.me.user_id, Share.account_id == self.me.account_id)
+            .order_by(Share.id)).all()
+        service, keys = self.services.keyring.service(session), self._keys(session)
+        owners: dict[str, dict[str, Share]] = {}
+        for share, folder_sealed, owner_sealed in rows:
+            folders = owners.setdefault(service.open_text(owner_sealed, "username"), {})
+            folders[_unique_name(keys.open_text(folder_sealed, "node-name"), folders)] = share
+        return owners
+
+    def _writable_parent(self, session: Session, path: str) -> tuple[_Place, str]:
+        parent_path, name = paths.parent_and_name(paths.normalise(path))
+        parent = self._resolve(session, parent_path)
+        if parent.virtual or not parent.writable:
+            raise PermissionDenied()
+        if parent.node.kind != "folder":
+            raise NotAFolder()
+        if parent.path == "/" and name in RESERVED_ROOT_NAMES:
+            raise InvalidName(f"'{name}' is reserved at the top of every workspace")
+        return parent, name
+
+    def _check_changeable(self, place: _Place) -> None:
+        if place.virtual or place.node.parent_id is None or place.share_root:
+            raise PermissionDenied()
+        if not place.writable:
+            raise PermissionDenied()
+
+    # -- internals: entries ----------------------------------------------------------------
+    def _entry(self, session: Session, place: _Place) -> Entry:
+        if place.virtual:
+            return Entry(paths.parts(place.path)[-1], place.path, "folder")
+        version = None
+        if place.node.current_version_id:
+            version = session.get(FileVersion, place.node.current_version_id)
+        name = paths.parts(place.path)[-1] if place.path != "/" else "/"
+        return self._node_entry(place.path, place.node, version, place.permission, name=name)
+
+    def _children(self, session: Session, place: _Place) -> list[Entry]:
+        keys = self._keys(session)
+        rows = session.execute(
+            select(Node, FileVersion).outerjoin(FileVersion, FileVersion.id == Node.current_version_id)
+            .where(Node.parent_id == place.node.id)).all()
+        return [self._node_entry(paths.join(place.path, name), node, version, place.permission, name=name)
+                for node, version in rows
+                for name in [keys.open_text(node.name_sealed, "node-name")]]
+
+    def _root_extras(self) -> list[Entry]:
+        extras = [Entry(SHARED, "/" + SHARED, "folder")]
+        if self.me.is_admin:
+            extras.append(Entry(AUDIT_LOGS, "/" + AUDIT_LOGS, "folder"))
+        return extras
+
+    @staticmethod
+    def _node_entry(path: str, node: Node, version: FileVersion | None, permission: str,
+                    name: str | None = None) -> Entry:
+        name = name or paths.parts(path)[-1]
+        if node.kind == "folder":
+            return Entry(name, path, "folder", mtime=node.mtime, writable=permission == "write")
+        return Entry(name, path, "file", size=version.size if version else 0, mtime=node.mtime,
+                     writable=permission == "write", md5=version.md5 if version else None,
+                     sha256=version.sha256 if version else None)
+
+    def _has_children(self, session: Session, node: Node) -> bool:
+        return session.scalar(select(func.count()).where(Node.parent_id == node.id)) > 0
+
+    # -- internals: deletion, audit, versions ---------------------------------------------
+    def _purge_subtree(self, session: Session, node: Node) -> None:
+        """Delete a node and everything below it; queue their ciphertext for erasure."""
+        versions = session.execute(text("""
+            WITH RECURSIVE tree(id) AS (
+                SELECT id FROM nodes WHERE id = :root
+                UNION ALL SELECT n.id FROM nodes n JOIN tree t ON n.parent_id = t.id)
+            SELECT v.storage_key, v.spool_id FROM file_versions v JOIN tree t ON v.node_id = t.id
+        """), {"root": node.id}).all()
+        for storage_key, spool_id in versions:
+            session.add(PendingPurge(storage_key=storage_key, spool_id=spool_id))
+        session.delete(node)  # cascades to descendants, versions (and their wrapped keys), shares
+        session.flush()
+
+    def _audit(self, session: Session, action: str, *, status: str = "ok", path: str | None = None,
+               direction: str | None = None, nbytes: int | None = None, duration_ms: int | None = None,
+               detail: str | None = None) -> None:
+        audit.record(session, self.services.keyring, audit.Event(
+            action=action, protocol=self.me.protocol, status=status, account_id=self.me.account_id,
+            user_id=self.me.user_id, username=self.me.username, ip=self.me.ip, direction=direction,
+            path=path, bytes=nbytes, duration_ms=duration_ms, detail=detail))
+
+    def record_transfer(self, action: str, path: str, *, status: str, nbytes: int, started: float,
+                        detail: str | None = None) -> None:
+        """Audit a finished or failed transfer in its own transaction."""
+        with self._session() as session:
+            self._audit(session, action, status=status, path=path, nbytes=nbytes,
+                        direction="in" if action == "upload" else "out",
+                        duration_ms=int((time.monotonic() - started) * 1000), detail=detail)
+
+    def record_refusal(self, operation: str, path: str | None = None) -> None:
+        """Audit an operation the door refused (exec, shell, forwarding, an unsupported command)."""
+        with self._session() as session:
+            self._audit(session, "denied", status="refused", path=path, detail=operation)
+
+    def report_integrity_failure(self, path: str) -> None:
+        """Audit a failed integrity check and alert the account's admins."""
+        with self._session() as session:
+            self._audit(session, "integrity_failure", status="failed", path=path)
+        jobs.enqueue_integrity_alert(self.services, self.me.account_id)
+
+    def _version_state(self, version_id: uuid.UUID) -> str | None:
+        with self._session() as session:
+            version = session.get(FileVersion, version_id)
+            return version.state if version else None
+
+
+class Upload:
+    """An upload in progress: `write` chunks, then exactly one of `commit` or `abort`."""
+
+    def __init__(self, workspace: Workspace, parent_id: int, owner_id: int | None, path: str, name: str,
+                 writer: ContentWriter, wrapped_key: bytes, key_version: int, mtime: datetime | None):
+        self.workspace, self.path, self.name = workspace, path, name
+        self._parent_id, self._owner_id = parent_id, owner_id
+        self._writer, self._wrapped, self._key_version = writer, wrapped_key, key_version
+        self._mtime = mtime
+        self._started = time.monotonic()
+        self.state = "open"
+
+    @property
+    def size(self) -> int:
+        return self._writer.size
+
+    def write(self, data: bytes) -> int:
+        return self._writer.write(data)
+
+    def commit(self) -> Entry:
+        """Make the upload durable and current, audited, then queue its ingest."""
+        if self.state != "open":
+            raise ValueError(f"upload already {self.state}")
+        ws = self.workspace
+        try:
+            prints = self._writer.finish()
+            with ws._session() as session:
+                entry, replaced = self._commit_version(session, prints)
+                ws._audit(session, "upload", path=self.path, direction="in", nbytes=prints.size,
+                          duration_ms=int((time.monotonic() - self._started) * 1000))
+        except BaseException:
+            self.state = "aborted"
+            self._writer.abort()
+            ws.record_transfer("upload", self.path, status="failed", nbytes=self.size, started=self._started)
+            raise
+        self.state = "committed"
+        self._after_commit(replaced, prints.cipher_size)
+        return entry
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Discard the upload: no file appears, no ciphertext stays."""
+        if self.state != "open":
+            return
+        self.state = "aborted"
+        self._writer.abort()
+        self.workspace.record_transfer("upload", self.path, status="failed", nbytes=self.size,
+                                       started=self._started, detail=reason)
+
+    def _commit_version(self, session: Session, prints) -> tuple[Entry, bool]:
+        ws = self.workspace
+        keys = ws._keys(session)
+        index = keys.index(f"node:{self._parent_id}", self.name)
+        now = datetime.now(timezone.utc)
+        parent = session.get(Node, self._parent_id, with_for_update=True)
+        if parent is None:
+            raise NotFound("The folder was deleted during the upload")
+        session.execute(insert(Node).values(
+            account_id=ws.me.account_id, owner_id=self._owner_id, parent_id=self._parent_id,
+            kind="file", name_sealed=keys.seal_text(self.name, "node-name"), name_index=index,
+        ).on_conflict_do_nothing())
+        node = session.scalar(select(Node).where(Node.parent_id == self._parent_id, Node.name_index == index)
+                              .with_for_update())
+        if node.kind == "folder":
+            raise IsAFolder()
+        version = FileVersion(
+            id=self._writer.version_id, node_id=node.id, account_id=ws.me.account_id,
+            storage_key=self._writer.storage_key, size=prints.size, md5=prints.md5, sha256=prints.sha256,
+            cipher_size=prints.cipher_size, cipher_sha256=prints.cipher_sha256,
+            wrapped_key=self._wrapped, key_version=self._key_version, state="spooled",
+            spool_id=ws.services.settings.spool_id, mtime=self._mtime or now, created_by_id=ws.me.user_id)
+        session.add(version)
+        session.flush()
+        previous = session.get(FileVersion, node.current_version_id) if node.current_version_id else None
+        node.current_version_id, node.mtime = version.id, self._mtime or now
+        if previous is not None:
+            # Last commit wins: the replaced version's key goes now, its ciphertext soon.
+            session.add(PendingPurge(storage_key=previous.storage_key, spool_id=previous.spool_id))
+            session.delete(previous)
+        return Workspace._node_entry(self.path, node, version, "write", name=self.name), previous is not None
+
+    def _after_commit(self, replaced: bool, cipher_size: int) -> None:
+        services = self.workspace.services
+        if replaced:
+            jobs.enqueue_purge(services)
+        if services.settings.ingest_mode == "inline":
+            jobs.ingest_version(services, self._writer.version_id)
+        else:
+            jobs.enqueue_ingest(services, self._writer.version_id, cipher_size)
+
+
+class Download:
+    """A file's plaintext as an iterator of blocks; the transfer is audited when it ends."""
+
+    def __init__(self, workspace: Workspace, path: str, size: int, blocks: Iterator[bytes], offset: int):
+        self.workspace, self.path, self.size, self.offset = workspace, path, size, offset
+        self._blocks = blocks
+        self._started = time.monotonic()
+        self.sent = 0
+        self._done = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for block in self._blocks:
+                self.sent += len(block)
+                yield block
+        except IntegrityFailure:
+            self._finish("failed", "integrity failure")
+            self.workspace.report_integrity_failure(self.path)
+            raise
+        except SealdropError:
+            self._finish("failed", "store unavailable")
+            raise
+        self._finish("ok")
+
+    def close(self, status: str = "failed", detail: str | None = "interrupted") -> None:
+        """End the download early (client gone, ABOR); audited once as incomplete."""
+        self._finish(status, detail)
+
+    def _finish(self, status: str, detail: str | None = None) -> None:
+        if self._done:
+            return
+        self._done = True
+        self.workspace.record_transfer("download", self.path, status=status, nbytes=self.sent,
+                                       started=self._started, detail=detail)
+
+
+def _unique_name(name: str, taken: dict) -> str:
+    if name not in taken:
+        return name
+    n = 2
+    while f"{name} ({n})" in taken:
+        n += 1
+    return f"{name} ({n})"
+
+
+def _root_of(session: Session, node: Node) -> int:
+    while node.parent_id is not None:
+        node = session.get(Node, node.parent_id)
+    return node.id
+
+
+def _is_within(session: Session, node: Node, ancestor: Node) -> bool:
+    while node is not None:
+        if node.id == ancestor.id:
+            return True
+        node = session.get(Node, node.parent_id) if node.parent_id else None
+    return False

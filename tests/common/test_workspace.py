@@ -1,0 +1,80 @@
+"""The Workspace through its public calls, against real Postgres, Redis and the S3 store."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from common import jobs
+from common.errors import AlreadyExists, InvalidName, IsAFolder, NotFound, PermissionDenied
+from common.vfs import Principal, Workspace
+
+
+@pytest.fixture
+def workspace(services, account):
+    me = Principal(account.admin_id, account.id, account.admin_username, "admin", "sftp", "127.0.0.1")
+    services.store.ensure_bucket()
+    return Workspace(services, me)
+
+
+def upload(ws: Workspace, path: str, data: bytes):
+    up = ws.open_write(path)
+    for i in range(0, len(data), 65536):
+        up.write(data[i:i + 65536])
+    return up.commit()
+
+
+def download(ws: Workspace, path: str, offset: int = 0, length=None) -> bytes:
+    return b"".join(ws.open_read(path, offset, length))
+
+
+def test_upload_list_download_round_trip(workspace, services):
+    data = os.urandom(700_000)
+    workspace.make_dir("/reports")
+    entry = upload(workspace, "/reports/q1.csv", data)
+    assert entry.size == len(data) and entry.sha256 == hashlib.sha256(data).digest()
+    assert [e.name for e in workspace.list_dir("/")] == ["Audit Logs", "Shared", "reports"]
+    assert [(e.name, e.size) for e in workspace.list_dir("/reports")] == [("q1.csv", len(data))]
+    assert download(workspace, "/reports/q1.csv") == data  # served from the spool
+    assert download(workspace, "/reports/q1.csv", 300_001, 1000) == data[300_001:301_001]
+    jobs.ingest_version(services, _current_version(services, workspace, "/reports/q1.csv"))
+    assert download(workspace, "/reports/q1.csv") == data  # now from the store
+
+
+def test_abort_leaves_nothing(workspace, services):
+    up = workspace.open_write("/half.bin")
+    up.write(b"x" * 100_000)
+    up.abort()
+    with pytest.raises(NotFound):
+        workspace.stat("/half.bin")
+    assert list(services.spool.tmp.iterdir()) == [] or all(
+        p.stat().st_size == 0 for p in services.spool.tmp.iterdir())
+
+
+def test_rename_remove_and_errors(workspace):
+    upload(workspace, "/a.txt", b"hello")
+    workspace.rename("/a.txt", "/b.txt")
+    assert download(workspace, "/b.txt") == b"hello"
+    with pytest.raises(NotFound):
+        workspace.stat("/a.txt")
+    workspace.make_dir("/d")
+    with pytest.raises(AlreadyExists):
+        workspace.make_dir("/d")
+    with pytest.raises(IsAFolder):
+        workspace.open_write("/d")
+    with pytest.raises(InvalidName):
+        workspace.make_dir("/Shared")
+    with pytest.raises(PermissionDenied):
+        workspace.open_write("/Audit Logs/x.csv")
+    workspace.remove("/b.txt")
+    with pytest.raises(NotFound):
+        workspace.stat("/b.txt")
+
+
+def _current_version(services, ws, path):
+    from common.models import Node
+    from sqlalchemy import select
+    with services.db.session() as session:
+        place = ws._resolve(session, path)
+        return place.node.current_version_id
