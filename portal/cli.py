@@ -10,15 +10,16 @@ import sys
 import click
 from flask import Flask, current_app
 
-from common import accounts
+from common import accounts, audit
 from common.errors import SealdropError
 
 accounts_cli = click.Group("accounts", help="Create and delete accounts.")
 users_cli = click.Group("users", help="Manage the users of an account.")
+audit_cli = click.Group("audit", help="Verify and export the audit trail.")
 
 
 def register(app: Flask) -> None:
-    for group in (accounts_cli, users_cli):
+    for group in (accounts_cli, users_cli, audit_cli):
         app.cli.add_command(group)
 
 
@@ -80,3 +81,15 @@ def create_user(session, keyring, account_name, username, email, is_admin, passw
     user = accounts.create_user(session, keyring, account, username=username, email=email,
                                 password=read_secret(password), role="admin" if is_admin else "user")
     click.echo(f"Created user {user.id}.")
+
+
+@audit_cli.command("verify")
+@click.argument("account_name", metavar="ACCOUNT")
+@operator_command
+def verify_audit(session, keyring, account_name):
+    """Check the account's audit hash chain; exit non-zero if any event was altered or removed."""
+    account = accounts.find_account(session, keyring, account_name)
+    report = audit.verify_chain(session, account.id)
+    if not report.ok:
+        fail(f"audit chain broken: {report.problem}", 3)
+    click.echo(f"Audit chain intact: {report.count} events.")
