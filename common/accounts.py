@@ -9,13 +9,13 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from common import audit, passwords, paths
 from common.crypto import DataKeys, Keyring
-from common.errors import AlreadyExists, InvalidInput, NotFound
-from common.models import TIERS, Account, Node, PasswordPolicy, User
+from common.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
+from common.models import TIERS, Account, Contact, FileVersion, Node, PasswordPolicy, PendingPurge, User
 
 ACCOUNT_NAME_MAX = 64
 AUDIT_FOLDER_NAME = "Audit Logs"
@@ -101,6 +101,34 @@ def create_user(session: Session, keyring: Keyring, account: Account, *, usernam
     user.home_folder_id = _make_root(session, keyring, account.id, user.id, "home", "home").id
     audit.record(session, keyring, _admin_event(actor, account.id, f"user {user.id} created as {role}"))
     return user
+
+
+def delete_user(session: Session, keyring: Keyring, account: Account, user: User,
+                actor: Actor = SYSTEM) -> None:
+    """Delete a user: their workspace and files (keys now, ciphertext by the purge job), the
+    shares they granted, and their login; they stay on as a Contact. Audit events remain."""
+    if user.account_id != account.id:
+        raise NotFound("No such user in this account.")
+    if user.is_admin and _admin_count(session, account.id) <= 1:
+        raise PermissionDenied("An account needs at least one admin; make another user admin first.")
+    keys = keyring.account(session, account.id)
+    email = keys.open_text(user.email_sealed, "email")
+    for storage_key, spool_id in session.execute(
+            select(FileVersion.storage_key, FileVersion.spool_id)
+            .join(Node, Node.id == FileVersion.node_id).where(Node.owner_id == user.id)):
+        session.add(PendingPurge(storage_key=storage_key, spool_id=spool_id))
+    if session.scalar(select(Contact.id).where(Contact.account_id == account.id,
+                                               Contact.email_index == user.email_index)) is None:
+        session.add(Contact(account_id=account.id, email_sealed=keys.seal_text(email, "email"),
+                            email_index=user.email_index))
+    user_id = user.id
+    session.delete(user)  # cascades: owned nodes and versions (wrapped keys), granted shares
+    session.flush()
+    audit.record(session, keyring, _admin_event(actor, account.id, f"user {user_id} deleted; kept as contact"))
+
+
+def _admin_count(session: Session, account_id: int) -> int:
+    return session.scalar(select(func.count()).where(User.account_id == account_id, User.role == "admin"))
 
 
 def check_new_password(session: Session, account: Account, password: str,

@@ -10,16 +10,17 @@ import sys
 import click
 from flask import Flask, current_app
 
-from common import accounts, audit
+from common import accounts, audit, jobs, sharing
 from common.errors import SealdropError
 
 accounts_cli = click.Group("accounts", help="Create and delete accounts.")
 users_cli = click.Group("users", help="Manage the users of an account.")
 audit_cli = click.Group("audit", help="Verify and export the audit trail.")
+shares_cli = click.Group("shares", help="Share folders with users and contacts.")
 
 
 def register(app: Flask) -> None:
-    for group in (accounts_cli, users_cli, audit_cli):
+    for group in (accounts_cli, users_cli, audit_cli, shares_cli):
         app.cli.add_command(group)
 
 
@@ -93,3 +94,33 @@ def verify_audit(session, keyring, account_name):
     if not report.ok:
         fail(f"audit chain broken: {report.problem}", 3)
     click.echo(f"Audit chain intact: {report.count} events.")
+
+
+@users_cli.command("delete")
+@click.argument("account_name", metavar="ACCOUNT")
+@click.argument("username", metavar="USER")
+@operator_command
+def delete_user(session, keyring, account_name, username):
+    """Delete a user and everything they own; they remain as a contact."""
+    account = accounts.find_account(session, keyring, account_name)
+    user = accounts.find_account_user(session, keyring, account, username)
+    accounts.delete_user(session, keyring, account, user)
+    session.commit()
+    jobs.enqueue_purge(current_app.extensions["sealdrop"])
+    click.echo("Deleted the user and their files; they are kept as a contact.")
+
+
+@shares_cli.command("add")
+@click.argument("account_name", metavar="ACCOUNT")
+@click.argument("owner_name", metavar="OWNER")
+@click.argument("folder", metavar="FOLDER")
+@click.option("--to", "to", required=True, help="A user name of the same account, or an email.")
+@click.option("--perm", type=click.Choice(["read", "write"]), required=True)
+@operator_command
+def add_share(session, keyring, account_name, owner_name, folder, to, perm):
+    """Share one of OWNER's folders with a user or an email (a contact, who gets a link)."""
+    account = accounts.find_account(session, keyring, account_name)
+    owner = accounts.find_account_user(session, keyring, account, owner_name)
+    node = sharing.find_folder(session, keyring, owner, folder)
+    share = sharing.share_folder(session, keyring, account, owner, node, to=to, permission=perm)
+    click.echo(f"Shared folder {node.id} ({perm}) as share {share.id}.")

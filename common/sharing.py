@@ -1,0 +1,101 @@
+"""Sharing folders with users of the same account or with contacts, and share links.
+
+A share grants read or read/write on one folder of its owner's workspace; the grantee sees it at
+`/Shared/<owner>/<folder>`. Sharing never crosses accounts. A contact (an email, no login)
+receives a link bound to the share; only the SHA-256 of a link's token is stored.
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from common import accounts, audit, paths
+from common.crypto import Keyring
+from common.errors import InvalidInput, NotFound, PermissionDenied
+from common.models import PERMISSIONS, Account, Contact, Node, Share, ShareLink, User
+
+LINK_LIFETIME = timedelta(days=30)
+
+
+def find_folder(session: Session, keyring: Keyring, owner: User, folder_path: str) -> Node:
+    """A folder inside the owner's home, by path (`/reports` and `reports` are the same)."""
+    names = paths.parts(paths.normalise("/" + folder_path.lstrip("/")))
+    if not names:
+        raise InvalidInput("Share a folder inside the workspace, not the whole workspace.")
+    keys = keyring.account(session, owner.account_id)
+    node = session.get(Node, owner.home_folder_id)
+    for name in names:
+        node = session.scalar(select(Node).where(
+            Node.parent_id == node.id, Node.name_index == keys.index(f"node:{node.id}", name)))
+        if node is None:
+            raise NotFound("No such folder in the owner's workspace.")
+    if node.kind != "folder":
+        raise InvalidInput("Only folders can be shared.")
+    return node
+
+
+def share_folder(session: Session, keyring: Keyring, account: Account, owner: User, folder: Node, *,
+                 to: str, permission: str, actor: accounts.Actor = accounts.SYSTEM) -> Share:
+    """Share a folder with a user of the same account (by user name) or an email (a contact)."""
+    if permission not in PERMISSIONS:
+        raise InvalidInput("Permission must be read or write.")
+    if folder.owner_id != owner.id or folder.account_id != account.id:
+        raise PermissionDenied("Only the folder's owner can share it.")
+    grantee = accounts.find_user(session, keyring, to)
+    if grantee is not None and grantee.account_id != account.id:
+        raise PermissionDenied("That user belongs to another account; sharing never crosses accounts.")
+    if grantee is not None and grantee.id == owner.id:
+        raise InvalidInput("A folder cannot be shared with its owner.")
+    contact = None if grantee is not None else contact_for_email(session, keyring, account, to)
+    share = session.scalar(select(Share).where(
+        Share.folder_id == folder.id,
+        Share.grantee_user_id == grantee.id if grantee else Share.grantee_contact_id == contact.id))
+    if share is None:
+        share = Share(account_id=account.id, folder_id=folder.id, owner_id=owner.id,
+                      grantee_user_id=grantee.id if grantee else None,
+                      grantee_contact_id=contact.id if contact else None, permission=permission)
+        session.add(share)
+    share.permission = permission
+    session.flush()
+    audit.record(session, keyring, audit.Event(
+        action="share", protocol=actor.protocol, account_id=account.id, user_id=actor.user_id,
+        username=actor.username, ip=actor.ip,
+        detail=f"folder {folder.id} shared with {'user ' + str(grantee.id) if grantee else 'contact ' + str(contact.id)}"
+               f" ({permission})"))
+    return share
+
+
+def contact_for_email(session: Session, keyring: Keyring, account: Account, email: str,
+                      name: str | None = None) -> Contact:
+    """The account's contact with this email, created if needed."""
+    keys = keyring.account(session, account.id)
+    try:
+        index = accounts.email_index(keys, email)
+    except InvalidInput:
+        raise InvalidInput("Share with a user name of this account or a valid email address.") from None
+    contact = session.scalar(select(Contact).where(Contact.account_id == account.id, Contact.email_index == index))
+    if contact is None:
+        contact = Contact(account_id=account.id, email_sealed=keys.seal_text(email.strip(), "email"),
+                          email_index=index, name_sealed=keys.seal_text(name, "contact-name") if name else None)
+        session.add(contact)
+        session.flush()
+    return contact
+
+
+def create_link(session: Session, share: Share, *, created_by_id: int | None = None,
+                lifetime: timedelta = LINK_LIFETIME) -> str:
+    """A new link token for a share; returned once, stored only as its SHA-256."""
+    token = secrets.token_urlsafe(32)
+    session.add(ShareLink(account_id=share.account_id, share_id=share.id, folder_id=share.folder_id,
+                          token_hash=link_token_hash(token), permission=share.permission,
+                          expires_at=datetime.now(timezone.utc) + lifetime, created_by_id=created_by_id))
+    session.flush()
+    return token
+
+
+def link_token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
