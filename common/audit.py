@@ -155,3 +155,77 @@ def verify_chain(session: Session, account_id: int | None) -> ChainReport:
     if count != head.audit_count or expected_prev != head.audit_head:
         return ChainReport(False, count, f"chain holds {count} events but its head records {head.audit_count}")
     return ChainReport(True, count)
+
+
+@dataclass(frozen=True)
+class EventView:
+    """An event as an admin sees it: names and paths decrypted, IP without port."""
+
+    seq: int
+    at: datetime
+    user_id: int | None
+    username: str | None
+    ip: str | None
+    protocol: str
+    action: str
+    direction: str | None
+    path: str | None
+    bytes: int | None
+    duration_ms: int | None
+    status: str
+    detail: str | None
+    hash: bytes
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    actions: tuple[str, ...] = ()
+    protocols: tuple[str, ...] = ()
+    statuses: tuple[str, ...] = ()
+    user_id: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def query_events(session: Session, keyring: Keyring, account_id: int, flt: EventFilter = EventFilter(), *,
+                 before_seq: int | None = None, limit: int = 50) -> list[EventView]:
+    """One page of an account's events, newest first; pass the last seq as `before_seq` for more."""
+    query = _filtered(account_id, flt).order_by(AuditEvent.seq.desc()).limit(min(limit, 1000))
+    if before_seq is not None:
+        query = query.where(AuditEvent.seq < before_seq)
+    keys = keyring.account(session, account_id)
+    return [_view(keys, row) for row in session.scalars(query)]
+
+
+def iter_events(session: Session, keyring: Keyring, account_id: int, flt: EventFilter = EventFilter()):
+    """Every matching event, oldest first, streamed in bounded memory (exports)."""
+    keys = keyring.account(session, account_id)
+    query = _filtered(account_id, flt).order_by(AuditEvent.seq).execution_options(yield_per=2000)
+    for row in session.scalars(query):
+        yield _view(keys, row)
+
+
+def _filtered(account_id: int, flt: EventFilter):
+    query = select(AuditEvent).where(AuditEvent.account_id == account_id)
+    if flt.actions:
+        query = query.where(AuditEvent.action.in_(flt.actions))
+    if flt.protocols:
+        query = query.where(AuditEvent.protocol.in_(flt.protocols))
+    if flt.statuses:
+        query = query.where(AuditEvent.status.in_(flt.statuses))
+    if flt.user_id is not None:
+        query = query.where(AuditEvent.user_id == flt.user_id)
+    if flt.since is not None:
+        query = query.where(AuditEvent.at >= flt.since)
+    if flt.until is not None:
+        query = query.where(AuditEvent.at < flt.until)
+    return query
+
+
+def _view(keys, row: AuditEvent) -> EventView:
+    return EventView(
+        seq=row.seq, at=row.at, user_id=row.user_id,
+        username=keys.open_text(row.username_sealed, "audit-username") if row.username_sealed else None,
+        ip=row.ip, protocol=row.protocol, action=row.action, direction=row.direction,
+        path=keys.open_text(row.path_sealed, "audit-path") if row.path_sealed else None,
+        bytes=row.nbytes, duration_ms=row.duration_ms, status=row.status, detail=row.detail, hash=row.hash)

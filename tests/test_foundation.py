@@ -256,3 +256,21 @@ def test_audit_verify_command(test_env, services, chained_account):
                         {"a": chained_account.id})
     broken = flask_cli(test_env, "audit", "verify", chained_account.name)
     assert broken.returncode == 3 and "event 2 was altered" in broken.stderr
+
+
+def test_audit_query_filters_and_pages(services, make_account):
+    account = make_account()
+    with services.db.session() as session:
+        for n in range(7):
+            audit.record(session, services.keyring, audit.Event(
+                action="upload" if n % 2 else "download", protocol="ftps", account_id=account.id,
+                username="u", path=f"/f{n}", bytes=n, direction="in" if n % 2 else "out"))
+    with services.db.session() as session:
+        uploads = audit.query_events(session, services.keyring, account.id,
+                                     audit.EventFilter(actions=("upload",)), limit=2)
+        assert [e.path for e in uploads] == ["/f5", "/f3"]
+        more = audit.query_events(session, services.keyring, account.id,
+                                  audit.EventFilter(actions=("upload",)), before_seq=uploads[-1].seq, limit=2)
+        assert [e.path for e in more] == ["/f1"]
+        everything = list(audit.iter_events(session, services.keyring, account.id))
+        assert [e.seq for e in everything] == sorted(e.seq for e in everything)
