@@ -160,7 +160,8 @@ class Keyring:
     def wrap_file_key(self, session: Session, account_id: int, file_key: bytes,
                       file_id: bytes) -> tuple[bytes, int]:
         """Wrap a file's key under the account's active file-wrapping key."""
-        row = self._row(session, account_id, "file")
+        # FOR SHARE: a rotation must not retire this key version until our commit is done.
+        row = self._row(session, account_id, "file", lock=True)
         if row is None:
             raise IntegrityFailure("Account keys are missing")
         wrapping = self._unwrap(row)
@@ -196,13 +197,16 @@ class Keyring:
 
     # -- internals -------------------------------------------------------------------------
     def _row(self, session: Session, account_id: int | None, purpose: str,
-             version: int | None = None) -> WrappedKey | None:
+             version: int | None = None, lock: bool = False) -> WrappedKey | None:
         query = select(WrappedKey).where(WrappedKey.purpose == purpose)
         query = query.where(WrappedKey.account_id.is_(None) if account_id is None
                             else WrappedKey.account_id == account_id)
         if version is not None:
             query = query.where(WrappedKey.version == version)
-        return session.scalars(query.order_by(WrappedKey.version.desc()).limit(1)).first()
+        query = query.order_by(WrappedKey.version.desc()).limit(1)
+        if lock:
+            query = query.with_for_update(read=True)
+        return session.scalars(query).first()
 
     def _insert(self, session: Session, account_id: int | None, purpose: str, version: int,
                 key: bytes, *, on_conflict_ignore: bool = False) -> None:

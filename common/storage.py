@@ -17,7 +17,9 @@ from typing import BinaryIO, Iterator
 
 import urllib3
 from minio import Minio
+from minio.commonconfig import ENABLED, Filter
 from minio.error import S3Error
+from minio.lifecycleconfig import AbortIncompleteMultipartUpload, LifecycleConfig, Rule
 from minio.sse import SseS3
 
 from common.config import Settings
@@ -133,6 +135,17 @@ class ObjectStore:
             status = self.client.get_bucket_versioning(self.bucket).status
         if status == "Enabled":
             raise ConfigError("the bucket has versioning enabled: permanent deletion would not be real")
+        self._abort_stale_multiparts()
+
+    def _abort_stale_multiparts(self) -> None:
+        # Parts of a killed multipart upload hold ciphertext and cost storage: let the store
+        # drop them after a day. Stores without lifecycle support only get a warning.
+        rule = Rule(ENABLED, rule_filter=Filter(prefix=""), rule_id="abort-incomplete-uploads",
+                    abort_incomplete_multipart_upload=AbortIncompleteMultipartUpload(days_after_initiation=1))
+        try:
+            self.client.set_bucket_lifecycle(self.bucket, LifecycleConfig([rule]))
+        except S3Error as exc:
+            log.warning("object store refused the multipart clean-up rule: %s", exc.code)
 
     def put(self, storage_key: str, source: BinaryIO, size: int) -> None:
         """Upload ciphertext (multipart for large objects); failed multiparts are aborted."""

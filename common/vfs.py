@@ -194,13 +194,11 @@ class Workspace:
             existing = self._child(session, parent.node, name)
             if existing is not None and existing.kind == "folder":
                 raise IsAFolder()
-            version_id = uuid.uuid4()
-            file_key = random_key()
-            wrapped, key_version = self.services.keyring.wrap_file_key(
-                session, self.me.account_id, file_key, version_id.bytes)
-        writer = ContentWriter(self.services.spool, file_key, version_id, key_version)
+            key_version = self.services.keyring.active_file_key_version(session, self.me.account_id)
+        file_key = random_key()
+        writer = ContentWriter(self.services.spool, file_key, uuid.uuid4(), key_version)
         return Upload(self, parent.node.id, parent.node.owner_id, paths.join(parent.path, name), name,
-                      writer, wrapped, key_version, mtime)
+                      writer, file_key, mtime)
 
     def open_read(self, path: str, offset: int = 0, length: int | None = None) -> "Download":
         """Stream a file's plaintext from `offset`; a whole read re-proves its fingerprints."""
@@ -397,10 +395,10 @@ class Upload:
     """An upload in progress: `write` chunks, then exactly one of `commit` or `abort`."""
 
     def __init__(self, workspace: Workspace, parent_id: int, owner_id: int | None, path: str, name: str,
-                 writer: ContentWriter, wrapped_key: bytes, key_version: int, mtime: datetime | None):
+                 writer: ContentWriter, file_key: bytes, mtime: datetime | None):
         self.workspace, self.path, self.name = workspace, path, name
         self._parent_id, self._owner_id = parent_id, owner_id
-        self._writer, self._wrapped, self._key_version = writer, wrapped_key, key_version
+        self._writer, self._file_key = writer, file_key
         self._mtime = mtime
         self._started = time.monotonic()
         self.state = "open"
@@ -457,11 +455,15 @@ class Upload:
                               .with_for_update())
         if node.kind == "folder":
             raise IsAFolder()
+        # Wrapped in the commit transaction, so a key rotation cannot retire the wrapping key
+        # between the upload's start and its commit.
+        wrapped, key_version = ws.services.keyring.wrap_file_key(
+            session, ws.me.account_id, self._file_key, self._writer.version_id.bytes)
         version = FileVersion(
             id=self._writer.version_id, node_id=node.id, account_id=ws.me.account_id,
             storage_key=self._writer.storage_key, size=prints.size, md5=prints.md5, sha256=prints.sha256,
             cipher_size=prints.cipher_size, cipher_sha256=prints.cipher_sha256,
-            wrapped_key=self._wrapped, key_version=self._key_version, state="spooled",
+            wrapped_key=wrapped, key_version=key_version, state="spooled",
             spool_id=ws.services.settings.spool_id, mtime=self._mtime or now, created_by_id=ws.me.user_id)
         session.add(version)
         session.flush()

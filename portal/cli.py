@@ -20,7 +20,8 @@ shares_cli = click.Group("shares", help="Share folders with users and contacts."
 
 
 def register(app: Flask) -> None:
-    for group in (accounts_cli, users_cli, audit_cli, shares_cli):
+    from portal import cli_storage  # attaches `accounts delete`; adds `keys`
+    for group in (accounts_cli, users_cli, audit_cli, shares_cli, cli_storage.keys_cli):
         app.cli.add_command(group)
 
 

@@ -1,0 +1,157 @@
+"""Key lifecycle: rotation of wrapped keys and crypto-shredding of whole accounts.
+
+Rotation re-wraps keys only. It never re-seals data or recomputes blind indexes, so logins,
+lookups and the audit chain stay valid. Every step commits in batches and only touches rows
+not yet done, so an interrupted run is finished by running it again; a run with nothing left
+to do changes nothing.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, select, text
+
+from common import audit
+from common.errors import TransientError
+from common.models import Account, FileVersion, WrappedKey
+from common.services import Services
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+
+
+@dataclass(frozen=True)
+class RotationReport:
+    rewrapped_keys: int  # service and account keys moved under the active master key
+    file_key_version: int | None = None  # the account's file-wrapping key version now active
+    new_version: bool = False  # False when an unfinished earlier rotation was resumed
+    rewrapped_files: int = 0
+    deleted_versions: int = 0
+
+
+def rotate_master(services: Services, batch: int = BATCH) -> int:
+    """Re-wrap every stored key not under the active master key; returns how many moved."""
+    active, moved = services.keyring.master.active.kid, 0
+    while True:
+        with services.db.session() as session:
+            rows = session.scalars(
+                select(WrappedKey).where(WrappedKey.master_kid != active)
+                .order_by(WrappedKey.id).limit(batch).with_for_update(skip_locked=True)).all()
+            moved += sum(services.keyring.rewrap(row) for row in rows)
+        if len(rows) < batch:
+            break
+    log.info("re-wrapped %d stored key(s) under master key %s", moved, active)
+    return moved
+
+
+def rotate_account(services: Services, account_id: int, batch: int = BATCH) -> RotationReport:
+    """Replace an account's file-wrapping key and re-wrap its file keys (resuming a crashed run)."""
+    moved = rotate_master(services, batch)
+    version, new = _target_version(services, account_id)
+    rewrapped = _rewrap_file_keys(services, account_id, version, batch)
+    deleted = _drop_old_versions(services, account_id, version, batch)
+    log.info("account %s: file-wrapping key v%d, %d file key(s) re-wrapped, %d old version(s) deleted",
+             account_id, version, rewrapped, deleted)
+    return RotationReport(moved, version, new, rewrapped, deleted)
+
+
+def _target_version(services: Services, account_id: int) -> tuple[int, bool]:
+    """The version to move file keys to: a new one, or the one an unfinished run created.
+
+    A finished rotation leaves exactly one file-wrapping key; older versions still present
+    mean an earlier run stopped before its end, so we carry on with its newest version.
+    """
+    with services.db.session() as session:
+        _lock_account(session, account_id)
+        versions = session.scalars(select(WrappedKey.version).where(
+            WrappedKey.account_id == account_id, WrappedKey.purpose == "file")).all()
+        if len(versions) > 1:
+            return max(versions), False
+        return services.keyring.add_file_key_version(session, account_id), True
+
+
+def _lock_account(session, account_id: int) -> None:
+    # Two rotations of one account at once would each add a version; the second waits here.
+    if session.get(Account, account_id, with_for_update=True) is None:
+        raise LookupError(f"account {account_id} does not exist")
+
+
+def _rewrap_file_keys(services: Services, account_id: int, version: int, batch: int) -> int:
+    keyring, done = services.keyring, 0
+    while True:
+        with services.db.session() as session:
+            rows = session.scalars(
+                select(FileVersion).where(FileVersion.account_id == account_id,
+                                          FileVersion.key_version < version)
+                .order_by(FileVersion.id).limit(batch).with_for_update(skip_locked=True)).all()
+            for row in rows:
+                file_key = keyring.unwrap_file_key(session, account_id, row.wrapped_key,
+                                                   row.key_version, row.id.bytes)
+                row.wrapped_key, row.key_version = keyring.wrap_file_key(
+                    session, account_id, file_key, row.id.bytes)
+            done += len(rows)
+        if len(rows) < batch:
+            return done
+
+
+def _drop_old_versions(services: Services, account_id: int, version: int, batch: int) -> int:
+    """Delete the file-wrapping keys older than `version` once no file version uses them."""
+    while True:
+        with services.db.session() as session:
+            # Lock the old keys first: an upload committing under one holds it (see the
+            # report), and once we hold them the count below sees every committed user.
+            old = session.scalars(select(WrappedKey).where(
+                WrappedKey.account_id == account_id, WrappedKey.purpose == "file",
+                WrappedKey.version < version).with_for_update()).all()
+            if not old:
+                return 0
+            users = session.scalar(select(func.count()).select_from(FileVersion).where(
+                FileVersion.account_id == account_id, FileVersion.key_version < version))
+            if users == 0:
+                for row in old:
+                    session.delete(row)
+                return len(old)
+        # Files committed under an old key while we worked: move them too, then try again.
+        _rewrap_file_keys(services, account_id, version, batch)
+
+
+# -- crypto-shredding ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DeletionReport:
+    account_id: int
+    versions: int  # stored or spooled versions whose ciphertext is queued for erasure
+    purged: int  # erased at once (this host's spool and the store); the rest by their hosts
+
+
+def delete_account(services: Services, account_id: int) -> DeletionReport:
+    """Delete an account and everything it holds: rows and keys now, ciphertext by the purge."""
+    from common import jobs
+    with services.db.session() as session:
+        if session.get(Account, account_id, with_for_update=True) is None:
+            raise LookupError(f"account {account_id} does not exist")
+        # Record the ciphertext to erase before the rows that name it disappear.
+        queued = session.execute(text("""
+            INSERT INTO pending_purges (storage_key, spool_id)
+            SELECT storage_key, spool_id FROM file_versions WHERE account_id = :account
+        """), {"account": account_id}).rowcount
+        spools = set(session.scalars(select(FileVersion.spool_id).where(
+            FileVersion.account_id == account_id).distinct()))
+        # The FKs cascade: users, nodes, versions, keys (the shredding), shares, audit events.
+        session.execute(delete(Account).where(Account.id == account_id))
+        audit.record(session, services.keyring, audit.Event(
+            action="admin_change", protocol="system", detail=f"account {account_id} deleted"))
+    services.keyring.forget(account_id)
+    try:
+        purged = jobs.purge_pending(services)
+    except TransientError:
+        # The rows and keys are gone already; the store's outage only delays the erasure,
+        # which each spool host's sweeper retries.
+        log.warning("account %s deleted; its ciphertext waits for the store", account_id)
+        purged = 0
+    for spool_id in sorted(spools - {services.settings.spool_id}):
+        jobs.enqueue_purge(services, spool_id)  # their spool files are on their hosts
+    log.info("account %s deleted: %d version(s) queued for erasure", account_id, queued)
+    return DeletionReport(account_id, queued, purged)

@@ -1,0 +1,393 @@
+"""Ingest, purge and the spool sweeper against real Postgres, Redis, S3 and `rq worker` processes.
+
+Each test has a spool (and so an ingest queue) of its own, so no other test's worker takes its
+jobs. Store outages go through a TCP proxy in front of the shared store that the test cuts or
+slows; the shared store itself is never stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from sqlalchemy import select
+
+from common import jobs
+from common.errors import TransientError
+from common.models import FileVersion, PendingPurge, Spool
+from common.services import Services
+from common.vfs import Principal, Workspace
+from tests.common.test_rotation import fresh_settings  # noqa: F401  (fixture)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MiB = 1024 * 1024
+
+
+class TcpProxy:
+    """A threaded TCP relay on 127.0.0.1 that a test can cut, restore or slow down."""
+
+    def __init__(self, target: str):
+        host, _, port = target.rpartition(":")
+        self.target = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.cut = False
+        self.upload_rate: int | None = None  # bytes/s towards the store, None for full speed
+        self.forwarded = 0  # bytes sent towards the store
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def cut_all(self) -> None:
+        """Refuse new connections and break every open one, as a store outage would."""
+        self.cut = True
+        with self._lock:
+            for sock in self._sockets:
+                _quiet_close(sock)
+            self._sockets.clear()
+
+    def restore(self) -> None:
+        self.cut = False
+
+    def close(self) -> None:
+        self._stop.set()
+        self.cut_all()
+        self._thread.join(timeout=5)
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if self.cut:
+                _quiet_close(client)
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                _quiet_close(client)
+                continue
+            with self._lock:
+                self._sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, towards_store: bool) -> None:
+        try:
+            while not self.cut:
+                data = source.recv(64 * 1024 if not (towards_store and self.upload_rate) else 16 * 1024)
+                if not data or self.cut:
+                    break
+                if towards_store and self.upload_rate:
+                    time.sleep(len(data) / self.upload_rate)
+                sink.sendall(data)
+                if towards_store:
+                    self.forwarded += len(data)
+        except OSError:
+            pass
+        finally:
+            _quiet_close(source)
+            _quiet_close(sink)
+
+
+def _quiet_close(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+@pytest.fixture
+def proxy(settings):
+    relay = TcpProxy(settings.s3_endpoint)
+    yield relay
+    relay.close()
+
+
+@pytest.fixture
+def own_settings(settings, migrated, tmp_path, proxy):
+    """Settings with a spool and queue of this test's own, reaching the store through the proxy."""
+    return dataclasses.replace(settings, spool_id="ing" + secrets.token_hex(5),
+                               spool_dir=tmp_path / "spool", s3_endpoint=proxy.endpoint)
+
+
+@pytest.fixture
+def own(own_settings):
+    svc = Services(own_settings)
+    svc.store.ensure_bucket()
+    yield svc
+    _clear_queue(svc)
+    svc.close()
+
+
+def _clear_queue(svc: Services) -> None:
+    q = Queue(jobs.ingest_queue_name(svc.settings.spool_id), connection=svc.redis)
+    for registry in (q, q.scheduled_job_registry, q.started_job_registry, q.failed_job_registry):
+        for job_id in registry.get_job_ids():
+            try:
+                Job.fetch(job_id, connection=svc.redis).delete()
+            except Exception:
+                pass
+    q.delete(delete_jobs=True)
+
+
+@pytest.fixture
+def workspace(own, account):
+    me = Principal(account.admin_id, account.id, account.admin_username, "admin", "sftp", "127.0.0.1")
+    return Workspace(own, me)
+
+
+def upload(ws: Workspace, path: str, data: bytes):
+    up = ws.open_write(path)
+    for i in range(0, len(data), MiB):
+        up.write(data[i:i + MiB])
+    return up.commit()
+
+
+def download(ws: Workspace, path: str) -> bytes:
+    return b"".join(ws.open_read(path))
+
+
+def current_version(svc: Services, ws: Workspace, path: str) -> FileVersion:
+    with svc.db.session() as session:
+        node = ws._resolve(session, path).node
+        return session.get(FileVersion, node.current_version_id)
+
+
+def run_worker(svc: Services, test_env: dict, *, wait: bool = True, **popen) -> subprocess.Popen:
+    """A real `rq worker --burst` on the test's own queue, configured like a deployment."""
+    env = {**os.environ, **test_env, "SPOOL_ID": svc.settings.spool_id,
+           "SPOOL_DIR": str(svc.settings.spool_dir), "S3_ENDPOINT": svc.settings.s3_endpoint,
+           "DATABASE_URL": svc.settings.database_url, "PYTHONPATH": str(REPO_ROOT)}
+    command = [str(Path(sys.executable).with_name("rq")), "worker", "--burst", "-q",
+               "-u", svc.settings.redis_url, jobs.ingest_queue_name(svc.settings.spool_id)]
+    proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, **popen)
+    if wait:
+        output, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 0, output.decode(errors="replace")
+    return proc
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct child processes of `pid`, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def wait_for(predicate, timeout: float = 60, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(step)
+    raise AssertionError("condition not reached in time")
+
+
+def assert_stored_once(svc: Services, version: FileVersion, data: bytes) -> None:
+    with svc.db.session() as session:
+        row = session.get(FileVersion, version.id)
+        assert row.state == "stored" and row.stored_at is not None
+        siblings = session.scalars(select(FileVersion).where(FileVersion.node_id == row.node_id)).all()
+        assert [v.id for v in siblings] == [row.id]
+    assert svc.store.stat(row.storage_key).size == row.cipher_size
+    assert svc.store.sha256(row.storage_key) == row.cipher_sha256
+    assert not svc.spool.has(row.storage_key)
+    assert hashlib.sha256(data).digest() == row.sha256
+
+
+# -- store outage -------------------------------------------------------------------------
+
+def test_store_outage_keeps_accepting_and_ingest_catches_up(own, workspace, proxy, test_env):
+    proxy.cut_all()
+    data = os.urandom(3 * MiB + 17)
+    upload(workspace, "/during-outage.bin", data)
+    assert download(workspace, "/during-outage.bin") == data  # served from the spool
+    version = current_version(own, workspace, "/during-outage.bin")
+    with pytest.raises(TransientError):
+        jobs.ingest_version(own, version.id)
+    assert current_version(own, workspace, "/during-outage.bin").state == "spooled"
+    assert own.spool.has(version.storage_key)
+
+    proxy.restore()
+    run_worker(own, test_env)  # the job queued at commit, run by a real worker
+    assert_stored_once(own, version, data)
+    assert download(workspace, "/during-outage.bin") == data  # now from the store
+    assert jobs.ingest_version(own, version.id) == "already stored"  # idempotent
+
+
+# -- a worker killed mid-upload ------------------------------------------------------------
+
+def test_worker_killed_mid_ingest_is_rerun_and_stores_once(own, workspace, proxy, test_env):
+    data = os.urandom(24 * MiB)
+    upload(workspace, "/big.bin", data)
+    version = current_version(own, workspace, "/big.bin")
+    job_id = jobs.ingest_job_id(version.id)
+    proxy.upload_rate = 3 * MiB  # about eight seconds of upload: room to kill it halfway
+    before = proxy.forwarded
+    worker = run_worker(own, test_env, wait=False, start_new_session=True)
+    try:
+        wait_for(lambda: proxy.forwarded - before > 6 * MiB, timeout=90)
+        assert Job.fetch(job_id, connection=own.redis).get_status() == JobStatus.STARTED
+    finally:
+        # The work-horse runs in a process group of its own (rq calls setpgrp): kill both.
+        for pid in [*children_of(worker.pid), worker.pid]:
+            os.killpg(pid, signal.SIGKILL)
+        worker.communicate(timeout=30)
+    assert current_version(own, workspace, "/big.bin").state == "spooled"
+    job = Job.fetch(job_id, connection=own.redis)
+    assert job.get_status() == JobStatus.STARTED  # abandoned: nobody will finish it
+
+    proxy.upload_rate = None
+    assert jobs.requeue_lost_ingests(own) == 1  # the sweeper sees the dead worker
+    assert jobs.requeue_lost_ingests(own) == 0  # and queues it only once
+    run_worker(own, test_env)
+    assert_stored_once(own, version, data)
+    assert download(workspace, "/big.bin") == data
+
+
+# -- two versions in a row -----------------------------------------------------------------
+
+@pytest.mark.parametrize("order", ["earlier-first", "later-first", "earlier-before-replace"])
+def test_later_version_stays_current_whatever_the_ingest_order(own, workspace, order):
+    first, second = b"first " * 50_000, b"second " * 60_000
+    upload(workspace, "/report.csv", first)
+    v1 = current_version(own, workspace, "/report.csv")
+    if order == "earlier-before-replace":
+        assert jobs.ingest_version(own, v1.id) == "stored"
+    upload(workspace, "/report.csv", second)
+    v2 = current_version(own, workspace, "/report.csv")
+    ingests = {"earlier-first": [v1, v2], "later-first": [v2, v1], "earlier-before-replace": [v2]}[order]
+    results = [jobs.ingest_version(own, v.id) for v in ingests]
+    # The earlier version's row went at the later commit: its ingest finds nothing to do.
+    assert results == {"earlier-first": ["gone", "stored"], "later-first": ["stored", "gone"],
+                       "earlier-before-replace": ["stored"]}[order]
+    jobs.purge_pending(own)
+
+    assert current_version(own, workspace, "/report.csv").id == v2.id
+    assert download(workspace, "/report.csv") == second
+    assert_stored_once(own, v2, second)
+    assert own.store.stat(v1.storage_key) is None
+    assert not own.spool.has(v1.storage_key)
+    with own.db.session() as session:
+        assert session.get(FileVersion, v1.id) is None
+        assert session.scalar(select(PendingPurge).where(PendingPurge.storage_key == v1.storage_key)) is None
+
+
+def test_version_deleted_during_upload_leaves_no_object(own, workspace):
+    upload(workspace, "/gone.bin", os.urandom(200_000))
+    version = current_version(own, workspace, "/gone.bin")
+    # The upload finished but the file was deleted (and purged) before it could be marked.
+    own.store.put(version.storage_key, open(own.spool.path(version.storage_key), "rb"), version.cipher_size)
+    workspace.remove("/gone.bin")
+    assert jobs._mark_stored(own, version.id, version.storage_key) == "gone"
+    assert own.store.stat(version.storage_key) is None
+    assert jobs.ingest_version(own, version.id) == "gone"
+
+
+# -- the sweeper ---------------------------------------------------------------------------
+
+def _age(path: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_sweeper_requeues_cleans_and_purges(own, workspace):
+    data = os.urandom(100_000)
+    upload(workspace, "/lost.bin", data)
+    lost = current_version(own, workspace, "/lost.bin")
+    Job.fetch(jobs.ingest_job_id(lost.id), connection=own.redis).delete()  # as if Redis lost it
+    upload(workspace, "/kept.bin", data)
+    kept = current_version(own, workspace, "/kept.bin")
+    assert jobs.enqueue_ingest(own, kept.id, kept.cipher_size) is False  # already queued
+
+    stale_path, handle = own.spool.create_temp()
+    handle.close()
+    _age(stale_path, jobs.STALE_TEMP_SECONDS + 60)
+    fresh_path, handle = own.spool.create_temp()  # an upload in progress
+    handle.close()
+    orphan, young_orphan = secrets.token_hex(16), secrets.token_hex(16)
+    for key in (orphan, young_orphan):
+        own.spool.path(key).write_bytes(b"ciphertext")
+    _age(own.spool.path(orphan), jobs.ORPHAN_READY_SECONDS + 60)
+    _age(own.spool.path(lost.storage_key), jobs.ORPHAN_READY_SECONDS + 60)  # old, but awaited
+    workspace.remove("/kept.bin")  # its ciphertext is now a pending purge
+
+    report = jobs.sweep_spool(own)
+    assert report.requeued == 1 and report.temps_removed == 1 and report.orphans_removed == 1
+    assert report.purged >= 1
+    assert not stale_path.exists() and fresh_path.exists()
+    assert not own.spool.has(orphan) and own.spool.has(young_orphan)
+    assert own.spool.has(lost.storage_key) and not own.spool.has(kept.storage_key)
+    assert Job.fetch(jobs.ingest_job_id(lost.id), connection=own.redis).get_status() == JobStatus.QUEUED
+    assert jobs.sweep_spool(own).requeued == 0  # a second sweep finds nothing to do
+
+    jobs.ingest_version(own, lost.id)
+    assert_stored_once(own, lost, data)
+
+
+def test_cron_file_is_valid_for_rq_cron(own):
+    from rq.cron import CronScheduler
+    scheduler = CronScheduler(connection=own.redis)
+    scheduler.load_config_from_file("common/cron.py")
+    registered = {job.name: job for job in scheduler.get_jobs()}
+    assert set(registered) == {"sweep-fan-out", "fixity"}
+    assert registered["sweep-fan-out"].func is jobs.sweep_all
+    assert registered["sweep-fan-out"].queue_name == jobs.MAINTENANCE_QUEUE
+    assert registered["fixity"].job_options["job_timeout"] == jobs.FIXITY_TIMEOUT
+
+
+def test_clock_fans_the_sweeper_out_to_every_known_spool(fresh_settings, test_env):
+    # A database of its own: the shared one lists other tests' spools, whose queues are theirs.
+    svc = Services(fresh_settings)
+    try:
+        jobs.register_spool(svc)
+        with svc.db.session() as session:
+            first_seen = session.get(Spool, svc.settings.spool_id).last_seen_at
+        jobs.register_spool(svc)  # a restart: the same row, seen again
+        with svc.db.session() as session:
+            assert [s.id for s in session.scalars(select(Spool))] == [svc.settings.spool_id]
+            assert session.get(Spool, svc.settings.spool_id).last_seen_at >= first_seen
+        assert jobs.fan_out_sweeps(svc) == 1
+        assert jobs.fan_out_sweeps(svc) == 0  # one waiting sweep per spool is enough
+        job = Job.fetch(f"sweep-{svc.settings.spool_id}", connection=svc.redis)
+        assert job.origin == jobs.ingest_queue_name(svc.settings.spool_id)
+        run_worker(svc, test_env)  # the spool's own worker runs it
+        with pytest.raises(NoSuchJobError):
+            Job.fetch(f"sweep-{svc.settings.spool_id}", connection=svc.redis)  # done, not kept
+        assert jobs.fan_out_sweeps(svc) == 1
+    finally:
+        _clear_queue(svc)
+        svc.close()

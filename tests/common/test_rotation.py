@@ -1,0 +1,212 @@
+"""Key rotation (master and per-account file-wrapping keys) and crypto-shredding.
+
+Rotation re-wraps every stored key in a database, the service key included, so these tests
+run on a database of their own: the shared one's keys must stay under the test master key.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import os
+import secrets
+
+import pytest
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.engine import make_url
+
+from common import accounts, jobs, rotation
+from common.config import parse_master_keys
+from common.errors import ConfigError
+from common.models import FileVersion, WrappedKey
+from common.services import Services
+from common.vfs import Principal, Workspace
+from tests.fixtures import STRONG_PASSWORD, TEST_MASTER_KEYS
+
+NEW_KEY = "k2:" + base64.b64encode(b"sealdrop-test-master-key-0000002").decode()
+
+
+def _admin_url(database_url: str) -> str:
+    return make_url(database_url).set(database="postgres").render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def fresh_settings(settings, migrated, tmp_path):
+    """Settings for a new, migrated database (dropped afterwards) and a spool of their own."""
+    name = "rot_" + secrets.token_hex(6)
+    admin = create_engine(_admin_url(settings.database_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(settings.database_url).set(database=name).render_as_string(hide_password=False)
+    fresh = dataclasses.replace(settings, database_url=url, spool_id="rot" + secrets.token_hex(5),
+                                spool_dir=tmp_path / "spool")
+    _migrate(fresh)
+    yield fresh
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _migrate(settings) -> None:
+    from flask_migrate import upgrade
+    from portal import create_app
+    app = create_app(settings)
+    with app.app_context():
+        upgrade()
+    app.extensions["sealdrop"].close()
+
+
+@pytest.fixture
+def open_services():
+    """Factory of Services (closed afterwards) for settings with a given MASTER_KEYS."""
+    made = []
+
+    def make(settings, master_keys: str = TEST_MASTER_KEYS) -> Services:
+        svc = Services(dataclasses.replace(settings, master_keys=parse_master_keys(master_keys)))
+        svc.store.ensure_bucket()
+        made.append(svc)
+        return svc
+
+    yield make
+    for svc in made:
+        svc.close()
+
+
+def make_account_with_files(svc: Services, files: dict[str, bytes], ingest: tuple[str, ...] = ()):
+    name, admin = "acct-" + secrets.token_hex(4), "admin" + secrets.token_hex(4)
+    with svc.db.session() as session:
+        account, user = accounts.create_account(
+            session, svc.keyring, name=name, tier="t5", admin_username=admin,
+            admin_email=f"{admin}@example.test", admin_password=STRONG_PASSWORD)
+        ids = (account.id, user.id)
+    ws = workspace(svc, *ids, admin)
+    for path, data in files.items():
+        up = ws.open_write(path)
+        up.write(data)
+        up.commit()
+        if path in ingest:
+            assert jobs.ingest_version(svc, current_version_id(svc, ws, path)) == "stored"
+    return ids[0], ids[1], admin, name
+
+
+def workspace(svc: Services, account_id: int, user_id: int, username: str) -> Workspace:
+    return Workspace(svc, Principal(user_id, account_id, username, "admin", "web", "127.0.0.1"))
+
+
+def current_version_id(svc, ws, path):
+    with svc.db.session() as session:
+        return ws._resolve(session, path).node.current_version_id
+
+
+def read_all(svc: Services, who: tuple, files: dict[str, bytes]) -> None:
+    ws = workspace(svc, *who)
+    for path, data in files.items():
+        assert b"".join(ws.open_read(path)) == data
+
+
+def master_kids(svc: Services) -> set[str]:
+    with svc.db.session() as session:
+        return set(session.scalars(select(WrappedKey.master_kid)))
+
+
+FILES = {"/a.txt": b"alpha " * 1000, "/b.bin": os.urandom(300_000)}
+
+
+def test_master_rotation_keeps_every_file_readable(fresh_settings, open_services):
+    old = open_services(fresh_settings)
+    account_id, user_id, admin, _ = make_account_with_files(old, FILES, ingest=("/a.txt",))
+    who = (account_id, user_id, admin)
+
+    both = open_services(fresh_settings, f"{NEW_KEY},{TEST_MASTER_KEYS}")
+    moved = rotation.rotate_master(both)
+    assert moved == 3  # the service key, the account's data key and its file-wrapping key
+    assert master_kids(both) == {"k2"}
+    read_all(open_services(fresh_settings, f"{NEW_KEY},{TEST_MASTER_KEYS}"), who, FILES)
+
+    only_new = open_services(fresh_settings, NEW_KEY)  # the old master key is retired
+    read_all(only_new, who, FILES)
+    with only_new.db.session() as session:  # names and logins still resolve: nothing re-sealed
+        assert accounts.find_user(session, only_new.keyring, admin).id == user_id
+    assert rotation.rotate_master(only_new) == 0  # a second run is a no-op
+    with pytest.raises(ConfigError):
+        read_all(open_services(fresh_settings), who, FILES)  # the old key alone opens nothing
+
+
+def test_account_rotation_replaces_the_file_wrapping_key(fresh_settings, open_services):
+    svc = open_services(fresh_settings)
+    account_id, user_id, admin, _ = make_account_with_files(svc, FILES, ingest=("/b.bin",))
+    other_id, other_user, other_admin, _ = make_account_with_files(svc, {"/o.txt": b"other"})
+    before = _wrapped_file_keys(svc, account_id)
+
+    report = rotation.rotate_account(svc, account_id)
+    assert (report.file_key_version, report.new_version) == (2, True)
+    assert (report.rewrapped_files, report.deleted_versions) == (2, 1)
+    assert _file_key_versions(svc, account_id) == [2]
+    assert {v for _, v in _wrapped_file_keys(svc, account_id).values()} == {2}
+    assert all(_wrapped_file_keys(svc, account_id)[i][0] != before[i][0] for i in before)
+    read_all(open_services(fresh_settings), (account_id, user_id, admin), FILES)  # a fresh keyring
+    read_all(open_services(fresh_settings), (other_id, other_user, other_admin), {"/o.txt": b"other"})
+    assert _file_key_versions(svc, other_id) == [1]  # another account is untouched
+
+
+def test_account_rotation_resumes_an_interrupted_run(fresh_settings, open_services):
+    svc = open_services(fresh_settings)
+    files = {f"/f{i}.txt": f"file {i}".encode() * 100 for i in range(5)}
+    account_id, user_id, admin, _ = make_account_with_files(svc, files)
+    # An earlier run that died after adding version 2 and re-wrapping two of five files.
+    with svc.db.session() as session:
+        assert svc.keyring.add_file_key_version(session, account_id) == 2
+        for row in session.scalars(select(FileVersion).where(FileVersion.account_id == account_id)
+                                   .order_by(FileVersion.id).limit(2)):
+            key = svc.keyring.unwrap_file_key(session, account_id, row.wrapped_key, 1, row.id.bytes)
+            row.wrapped_key, row.key_version = svc.keyring.wrap_file_key(session, account_id, key, row.id.bytes)
+    report = rotation.rotate_account(svc, account_id, batch=2)
+    assert (report.file_key_version, report.new_version) == (2, False)  # resumed, not restarted
+    assert (report.rewrapped_files, report.deleted_versions) == (3, 1)
+    assert _file_key_versions(svc, account_id) == [2]
+    read_all(open_services(fresh_settings), (account_id, user_id, admin), files)
+
+
+def test_account_deletion_shreds_keys_and_purges(fresh_settings, open_services):
+    svc = open_services(fresh_settings)
+    files = {"/x.bin": os.urandom(50_000), "/y.bin": os.urandom(60_000)}
+    doomed = make_account_with_files(svc, files, ingest=("/x.bin",))
+    kept = make_account_with_files(svc, {"/k.txt": b"keep me"}, ingest=("/k.txt",))
+    with svc.db.session() as session:
+        keys = session.execute(select(FileVersion.storage_key, FileVersion.state)
+                               .where(FileVersion.account_id == doomed[0])).all()
+    report = rotation.delete_account(svc, doomed[0])
+    assert report.versions == 2 and report.purged >= 2
+    for key, _ in keys:
+        assert svc.store.stat(key) is None and not svc.spool.has(key)
+    assert _rows_of(svc, doomed[0]) == {}
+    read_all(open_services(fresh_settings), kept[:3], {"/k.txt": b"keep me"})
+    with pytest.raises(LookupError):
+        rotation.delete_account(svc, doomed[0])
+
+
+def _rows_of(svc: Services, account_id: int) -> dict[str, int]:
+    """Rows in any table that still point at the account."""
+    from common.db import Base
+    left = {}
+    with svc.db.session() as session:
+        for table in Base.metadata.sorted_tables:
+            column = table.c.get("account_id") if table.name != "accounts" else table.c.id
+            if column is None:
+                continue
+            count = session.scalar(select(text("count(*)")).select_from(table).where(column == account_id))
+            if count:
+                left[table.name] = count
+    return left
+
+
+def _file_key_versions(svc: Services, account_id: int) -> list[int]:
+    with svc.db.session() as session:
+        return sorted(session.scalars(select(WrappedKey.version).where(
+            WrappedKey.account_id == account_id, WrappedKey.purpose == "file")))
+
+
+def _wrapped_file_keys(svc: Services, account_id: int) -> dict:
+    with svc.db.session() as session:
+        rows = session.execute(select(FileVersion.id, FileVersion.wrapped_key, FileVersion.key_version)
+                               .where(FileVersion.account_id == account_id)).all()
+        return {i: (w, v) for i, w, v in rows}
