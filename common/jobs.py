@@ -467,3 +467,11 @@ def _content_intact(services: Services, content: StoredContent, file_key: bytes)
     except IntegrityFailure:
         return False
     return True
+
+
+def prune_login_state() -> int:
+    """Drop lockout, defender and ban rows that can no longer matter (a periodic job)."""
+    from common import auth
+    services = worker_services()
+    with services.db.session() as session:
+        return auth.prune_login_state(session, services.settings)

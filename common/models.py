@@ -146,7 +146,7 @@ class SshKey(Base):
 
 
 class AppPassword(Base):
-    """An FTPS-only password: `<public_id>.<secret>`, the secret checked with a keyed hash."""
+    """An FTPS-only password: `sdap_<public_id>_<secret>`, the secret checked with a keyed hash."""
 
     __tablename__ = "app_passwords"
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)

@@ -9,6 +9,7 @@ import sys
 
 import click
 from flask import Flask, current_app
+from flask.cli import with_appcontext
 
 from common import accounts, audit, jobs, sharing
 from common.errors import SealdropError
@@ -20,8 +21,10 @@ shares_cli = click.Group("shares", help="Share folders with users and contacts."
 
 
 def register(app: Flask) -> None:
-    from portal import cli_storage  # attaches `accounts delete`; adds `keys`
-    for group in (accounts_cli, users_cli, audit_cli, shares_cli, cli_storage.keys_cli):
+    # Importing these attaches their commands to the groups above and defines new groups.
+    from portal import cli_access, cli_storage
+    for group in (accounts_cli, users_cli, audit_cli, shares_cli, cli_storage.keys_cli,
+                  cli_access.policy_cli, cli_access.ip_cli):
         app.cli.add_command(group)
 
 
@@ -29,6 +32,7 @@ def operator_command(func):
     """Give the command a session and keyring; turn failures into one line and an exit code."""
 
     @functools.wraps(func)
+    @with_appcontext
     def wrapper(*args, **kwargs):
         services = current_app.extensions["sealdrop"]
         try:
