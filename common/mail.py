@@ -128,3 +128,16 @@ def integrity_alert(settings: Settings, account_id: int, recipients: list[str]) 
     )
     return Message(to=tuple(recipients), subject="Sealdrop: a file failed its integrity check",
                    body=body)
+
+
+def share_invitation(settings: Settings, recipient: str, token: str, permission: str,
+                     expires: datetime) -> Message:
+    """The invitation a contact receives with the link to a folder shared with them."""
+    access = "download its files" if permission == "read" else "download files and upload new ones"
+    body = (
+        "A folder has been shared with you on Sealdrop, a secure file-transfer service.\n\n"
+        f"Open it here (you can {access}):\n\n    {settings.public_url}/s/{token}\n\n"
+        f"The link works until {expires:%Y-%m-%d %H:%M} UTC. Anyone holding it can use it, so\n"
+        "do not forward this message. If you did not expect it, you can ignore it.\n"
+    )
+    return Message(to=(recipient,), subject="A folder has been shared with you", body=body)

@@ -128,4 +128,9 @@ def add_share(session, keyring, account_name, owner_name, folder, to, perm):
     owner = accounts.find_account_user(session, keyring, account, owner_name)
     node = sharing.find_folder(session, keyring, owner, folder)
     share = sharing.share_folder(session, keyring, account, owner, node, to=to, permission=perm)
-    click.echo(f"Shared folder {node.id} ({perm}) as share {share.id}.")
+    session.commit()
+    if share.grantee_contact_id is not None:
+        jobs.enqueue_share_invitation(current_app.extensions["sealdrop"], share.id)
+        click.echo(f"Shared folder {node.id} ({perm}) as share {share.id}; the invitation with its link is queued.")
+    else:
+        click.echo(f"Shared folder {node.id} ({perm}) as share {share.id}.")

@@ -178,3 +178,21 @@ def test_no_path_escapes_into_another_account(two_tenants, segments, absolute):
         assert "plan.txt" not in names and "projects" not in names
     except SealdropError:
         pass
+
+
+def test_a_contact_gets_a_mailed_link_that_only_exists_in_the_mail(services, team):
+    from email import message_from_bytes
+    from common import jobs
+    from common.models import ShareLink
+    account, owner, *_ = team
+    share_id = share(services, account, owner, "/projects", "partner@example.test", "write")
+    before = set(services.settings.mail_dir.glob("*.eml")) if services.settings.mail_dir.exists() else set()
+    assert jobs.send_share_invitation(services, share_id)
+    [sent] = set(services.settings.mail_dir.glob("*.eml")) - before
+    mail = message_from_bytes(sent.read_bytes())
+    assert mail["To"] == "partner@example.test"
+    token = mail.get_payload(decode=True).decode().split("/s/")[1].split()[0]
+    with services.db.session() as session:
+        link = session.scalar(select(ShareLink).where(ShareLink.share_id == share_id))
+        assert link.token_hash == sharing.link_token_hash(token) and link.permission == "write"
+        assert token.encode() not in link.token_hash
