@@ -8,6 +8,7 @@ transaction as the change. Adapters never touch storage or crypto themselves.
 """
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -86,6 +87,22 @@ class _Place:
         return self.node is not None and self.permission == "write"
 
 
+def _audits_refusals(operation: str):
+    """Record a `denied` event whenever the permission check refuses this operation."""
+
+    def decorate(method):
+        @functools.wraps(method)
+        def wrapper(self, path, *args, **kwargs):
+            try:
+                return method(self, path, *args, **kwargs)
+            except PermissionDenied:
+                self.record_refusal(operation, path)
+                raise
+        return wrapper
+
+    return decorate
+
+
 class Workspace:
     """One principal's view of their files, the same for every protocol."""
 
@@ -123,6 +140,7 @@ class Workspace:
         return entry
 
     # -- changing the tree -----------------------------------------------------------------
+    @_audits_refusals("mkdir")
     def make_dir(self, path: str) -> Entry:
         """Create a folder."""
         with self._session() as session:
@@ -139,6 +157,7 @@ class Workspace:
             session.flush()
             return self._node_entry(paths.join(parent.path, name), node, None, parent.permission)
 
+    @_audits_refusals("delete")
     def remove(self, path: str, *, recursive: bool = True) -> None:
         """Delete a file or folder permanently: rows and keys now, ciphertext by the purge job."""
         with self._session() as session:
@@ -150,6 +169,7 @@ class Workspace:
             self._audit(session, "delete", path=place.path)
         jobs.enqueue_purge(self.services)
 
+    @_audits_refusals("rename")
     def rename(self, source: str, target: str, *, overwrite: bool = True) -> Entry:
         """Move or rename within one root (metadata only: objects are keyed by id)."""
         with self._session() as session:
@@ -178,6 +198,7 @@ class Workspace:
             jobs.enqueue_purge(self.services)
         return entry
 
+    @_audits_refusals("set_mtime")
     def set_mtime(self, path: str, mtime: datetime) -> None:
         """Keep a client-supplied modification time (FTP MFMT, SFTP setstat)."""
         with self._session() as session:
@@ -187,6 +208,7 @@ class Workspace:
             place.node.mtime = mtime
 
     # -- content ---------------------------------------------------------------------------
+    @_audits_refusals("upload")
     def open_write(self, path: str, *, mtime: datetime | None = None) -> "Upload":
         """Start an upload; nothing is visible until `commit()`; `abort()` leaves no trace."""
         with self._session() as session:
@@ -200,6 +222,7 @@ class Workspace:
         return Upload(self, parent.node.id, parent.node.owner_id, paths.join(parent.path, name), name,
                       writer, file_key, mtime)
 
+    @_audits_refusals("download")
     def open_read(self, path: str, offset: int = 0, length: int | None = None) -> "Download":
         """Stream a file's plaintext from `offset`; a whole read re-proves its fingerprints."""
         with self._session() as session:
