@@ -13,7 +13,7 @@ import pytest
 
 from tests.doors import DoorError, WorkspaceDoor, make_door
 
-DOORS = ["workspace"]
+DOORS = ["workspace", "ftps"]
 
 
 @pytest.fixture(params=DOORS)
