@@ -1,12 +1,15 @@
 """The handles a process needs (settings, database, keys), built once from settings."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from common.config import Settings
 from common.crypto import Keyring, MasterKeyRing
 from common.db import Database
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,6 +38,20 @@ class Services:
     def redis(self):
         from redis import Redis
         return Redis.from_url(self.settings.redis_url)
+
+    def prepare_spool_host(self) -> None:
+        """Start-up of a process that receives uploads: register its spool, check the bucket.
+
+        A store outage is only a warning here: uploads are accepted into the spool meanwhile.
+        """
+        from common import jobs
+        from common.errors import TransientError
+        self.spool.ensure()
+        jobs.register_spool(self)
+        try:
+            self.store.ensure_bucket()
+        except TransientError:
+            log.warning("object store unreachable at start-up; uploads will wait in the spool")
 
     def close(self) -> None:
         self.db.dispose()

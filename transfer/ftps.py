@@ -904,7 +904,7 @@ def main() -> int:
     try:
         settings = settings_from_environment()
         services = Services(settings)
-        services.store.ensure_bucket()
+        services.prepare_spool_host()
         host = "127.0.0.1" if settings.app_env != "production" else "0.0.0.0"
         servers = build_servers(services, host)
     except ConfigError as exc:
