@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 from sqlalchemy import create_engine, inspect
+from sqlalchemy.engine import url as sa_url
 
 from common import accounts
 from common.config import Settings, load_settings
@@ -58,7 +59,8 @@ def migrated(settings: Settings) -> None:
     """Bring the run's database to the head revision once, whichever worker comes first."""
     lock_dir = REPO_ROOT / "var" / "test-services"
     lock_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(lock_dir / f"migrate-{abs(hash(settings.database_url))}.lock")):
+    database = sa_url.make_url(settings.database_url).database
+    with FileLock(str(lock_dir / f"migrate-{database}.lock")):
         engine = create_engine(settings.database_url)
         try:
             if "alembic_version" in inspect(engine).get_table_names():
