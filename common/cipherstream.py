@@ -27,13 +27,21 @@ so a chunk cannot be moved to another position, dropped, duplicated or replayed 
 file (the file id, e.g. the version's UUID, is bound in), the header cannot be altered, and the
 stream cannot be truncated: only the real last chunk carries the final flag, and a reader
 treats a chunk as final exactly when the object ends after it.  Each file has its own random
-256-bit key, so nonces never repeat under one key.
+256-bit key, so nonces never repeat under one key.  Limits: C <= 16 MiB (readers refuse larger
+headers, as they buffer one chunk), at most 2**32 chunks, key version < 2**32, file id < 64 KiB.
+The chunk size travels in the header, so it can change without a new format version.
 
 Readers release no plaintext of a chunk before its tag verifies, and raise ``IntegrityError``
-on any mismatch.  MD5 and SHA-256 of the plaintext (the customer-facing fingerprints) and
-SHA-256 of the whole object (what ingest compares after the upload to the store) are computed
-as the content passes; the hashing runs in worker threads while the caller's thread encrypts,
-since hashlib and AESGCM release the GIL on large buffers.
+on any mismatch.  A whole read can also be checked against the recorded fingerprints: the
+last chunk is then held back until they match.  A ranged read (``decrypt_range``) fetches and
+decrypts only the chunks holding the range, plus one byte that tells whether the last of them
+is the final chunk.
+
+Fingerprints: MD5 and SHA-256 of the plaintext (the customer-facing ones) and SHA-256 of the
+whole object (what ingest compares after uploading to the store) are computed as the content
+passes.  MD5, the slowest, runs on a worker thread while the caller's thread encrypts and
+computes both SHA-256 chunk by chunk (hashlib and AESGCM release the GIL on large buffers);
+see docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -65,6 +73,8 @@ _FILE_ID_LENGTH = struct.Struct(">H")
 
 # Below this many bytes a hand-off to a worker thread costs more than the hashing it saves.
 _THREADED_HASH_MIN = 64 * 1024
+# A verifying reader hands plaintext to MD5 in batches of this size, to wake the worker less.
+_VERIFY_BATCH = 1024 * 1024
 
 Fetch = Callable[[int, int | None], Iterable[bytes]]
 
@@ -261,9 +271,13 @@ class ContentEncryptor:
         view = memoryview(data).cast("B")
         self.plain_size += len(view)
         chunks, rest = self._full_chunks(view)
-        out = self._seal(chunks, caller_data=view.obj)
+        out = self._seal(chunks)
         self._pending[self._filled : self._filled + len(rest)] = rest
         self._filled += len(rest)
+        if not isinstance(view.obj, bytes):
+            # The caller may overwrite a mutable buffer once we return (readinto loops do):
+            # MD5 must be done with it.  It usually is, being faster than the other three.
+            self._md5.wait()
         return out
 
     def _full_chunks(self, view: memoryview) -> tuple[list[memoryview], memoryview]:
@@ -301,16 +315,14 @@ class ContentEncryptor:
             self._digests = digests
         return out
 
-    def _seal(
-        self, chunks: list[memoryview], final: bool = False, caller_data: object = None
-    ) -> bytearray:
+    def _seal(self, chunks: list[memoryview], final: bool = False) -> bytearray:
         lead = b"" if self._header_sent else self._header
         out = bytearray(len(lead) + sum(len(chunk) + TAG_SIZE for chunk in chunks))
         target = memoryview(out)
         target[: len(lead)] = lead
         hashing = self._fingerprints
         if hashing:
-            self._md5.feed(_stable(chunks, caller_data))
+            self._md5.feed(chunks)
             self._cipher_sha256.update(lead)
         pos = len(lead)
         for number, chunk in enumerate(chunks):
@@ -351,17 +363,8 @@ class ContentEncryptor:
         return self._digest(2)
 
 
-def _stable(chunks: list[memoryview], caller_data: object) -> list[memoryview | bytes]:
-    # The plaintext hashes may still run after update() returns, when the caller is free to
-    # reuse a mutable buffer: those chunks are copied.  Bytes objects and retired pending
-    # buffers never change.
-    if isinstance(caller_data, bytes):
-        return list(chunks)
-    return [bytes(chunk) if chunk.obj is caller_data else chunk for chunk in chunks]
-
-
 def _frames(blocks: Iterable[bytes], frame_size: int) -> Iterator[tuple[bytes | memoryview, bool]]:
-    """Cut blocks of any size into sealed chunks, each flagged final when the stream ends after it."""
+    """Cut blocks of any size into sealed chunks, flagged final when the stream ends there."""
     held = None  # a complete frame: final or not depends on whether any byte follows
     partial = bytearray()
     for block in blocks:
@@ -399,9 +402,15 @@ def _verify_fingerprints(
     chunks: Iterator[tuple[int, bool, bytes]], md5: bytes, sha256: bytes
 ) -> Iterator[tuple[int, bool, bytes]]:
     md5_lane, sha256_hash = _HashLane("md5"), hashlib.sha256()
+    batch: list[bytes] = []
+    batched = 0
     for index, final, plain in chunks:
-        md5_lane.feed([plain])  # plain is immutable: MD5 may trail behind the reader
         sha256_hash.update(plain)
+        batch.append(plain)  # plain is immutable: MD5 may trail behind the reader
+        batched += len(plain)
+        if final or batched >= _VERIFY_BATCH:
+            md5_lane.feed(batch)
+            batch, batched = [], 0
         if final and (md5_lane.digest() != md5 or sha256_hash.digest() != sha256):
             raise IntegrityError("content fingerprints do not match the recorded ones")
         yield index, final, plain
@@ -443,7 +452,14 @@ def decrypt(
     return _decrypt(blocks, key, file_id, header, first_chunk, (expected_md5, expected_sha256))
 
 
-def _decrypt(blocks, key, file_id, header, first_chunk, expected) -> Iterator[bytes]:
+def _decrypt(
+    blocks: Iterable[bytes],
+    key: bytes,
+    file_id: bytes,
+    header: bytes | None,
+    first_chunk: int,
+    expected: tuple[bytes | None, bytes | None],
+) -> Iterator[bytes]:
     if header is None:
         header, blocks = _split_header(blocks)
     info = read_header(header)
@@ -482,22 +498,28 @@ def decrypt_range(
     start = chunk_position(offset, info.chunk_size)
     if length == 0:
         return iter(())
-    return _decrypt_range(key, file_id, header[: info.length], info, fetch, start, offset, length)
-
-
-def _decrypt_range(key, file_id, header, info, fetch, start, offset, length) -> Iterator[bytes]:
-    sealer = _ChunkSealer(key, file_id, header, info.prefix)
-    frame_size = info.chunk_size + TAG_SIZE
+    sealer = _ChunkSealer(key, file_id, header[: info.length], info.prefix)
     end = None
     if length is not None:
         last = (offset + length - 1) // info.chunk_size
         end = chunk_offset(last + 1, info.chunk_size) + 1  # one byte more: is chunk `last` final?
-    chunks = _open_chunks(_frames(fetch(start.cipher_start, end), frame_size), sealer, start.index)
+    return _plaintext_range(sealer, fetch, info.chunk_size, start, end, length)
+
+
+def _plaintext_range(
+    sealer: _ChunkSealer,
+    fetch: Fetch,
+    chunk_size: int,
+    start: ChunkPosition,
+    end: int | None,
+    length: int | None,
+) -> Iterator[bytes]:
+    frames = _frames(fetch(start.cipher_start, end), chunk_size + TAG_SIZE)
     skip, wanted, released = start.skip, length, False
-    for _, _, plain in chunks:
+    for _, _, plain in _open_chunks(frames, sealer, start.index):
         released = True
         piece = plain[skip:] if wanted is None else plain[skip : skip + wanted]
-        skip = max(0, skip - len(plain))
+        skip = 0  # only the first chunk starts before the offset
         if piece:
             yield piece
         if wanted is not None:
@@ -505,7 +527,7 @@ def _decrypt_range(key, file_id, header, info, fetch, start, offset, length) -> 
             if wanted == 0:
                 return
     if not released:
-        _check_ends_before(sealer, fetch, start.index, info.chunk_size)
+        _check_ends_before(sealer, fetch, start.index, chunk_size)
 
 
 def _check_ends_before(sealer: _ChunkSealer, fetch: Fetch, index: int, chunk_size: int) -> None:

@@ -397,6 +397,11 @@ class Workspace:
                         direction="in" if action == "upload" else "out",
                         duration_ms=int((time.monotonic() - started) * 1000), detail=detail)
 
+    def record_logout(self, started: float) -> None:
+        """Audit the end of a logged-in session (`started` from time.monotonic())."""
+        with self._session() as session:
+            self._audit(session, "logout", duration_ms=int((time.monotonic() - started) * 1000))
+
     def record_refusal(self, operation: str, path: str | None = None) -> None:
         """Audit an operation the door refused (exec, shell, forwarding, an unsupported command)."""
         with self._session() as session:

@@ -13,7 +13,7 @@ import pytest
 
 from tests.doors import DoorError, WorkspaceDoor, make_door
 
-DOORS = ["workspace", "ftps"]
+DOORS = ["workspace", "ftps", "sftp"]
 
 
 @pytest.fixture(params=DOORS)

@@ -363,7 +363,7 @@ def test_cron_file_is_valid_for_rq_cron(own):
     scheduler = CronScheduler(connection=own.redis)
     scheduler.load_config_from_file("common/cron.py")
     registered = {job.name: job for job in scheduler.get_jobs()}
-    assert set(registered) == {"sweep-fan-out", "fixity"}
+    assert set(registered) == {"sweep-fan-out", "fixity", "prune-login-state"}
     assert registered["sweep-fan-out"].func is jobs.sweep_all
     assert registered["sweep-fan-out"].queue_name == jobs.MAINTENANCE_QUEUE
     assert registered["fixity"].job_options["job_timeout"] == jobs.FIXITY_TIMEOUT

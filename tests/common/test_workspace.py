@@ -78,3 +78,12 @@ def _current_version(services, ws, path):
     with services.db.session() as session:
         place = ws._resolve(session, path)
         return place.node.current_version_id
+
+
+def test_reading_at_the_very_end_gives_nothing(workspace, services):
+    from common.cipherstream import CHUNK_SIZE
+    data = os.urandom(CHUNK_SIZE * 2)
+    upload(workspace, "/exact.bin", data)
+    jobs.ingest_version(services, _current_version(services, workspace, "/exact.bin"))
+    assert download(workspace, "/exact.bin", len(data)) == b""
+    assert download(workspace, "/exact.bin", len(data) - 1) == data[-1:]

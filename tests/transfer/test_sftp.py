@@ -1,0 +1,724 @@
+"""The SFTP door over real clients: paramiko, OpenSSH (sftp, ssh, sshpass) and rclone.
+
+Every server runs in-process on 127.0.0.1 (tests/transfer/sftp_door.py). A missing client
+tool fails the test: CI installs them all.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import paramiko
+import pyotp
+import pytest
+from paramiko.sftp import (
+    CMD_EXTENDED, CMD_HANDLE, CMD_INIT, CMD_OPEN, CMD_READ, CMD_STATUS, CMD_VERSION,
+    CMD_WRITE, SFTP_BAD_MESSAGE, SFTP_FAILURE, SFTP_OP_UNSUPPORTED, int64,
+)
+from sqlalchemy import select
+
+from common import accounts, auth, totp
+from common.errors import AuthFailed, NotFound
+from common.models import AuditEvent, User
+from common.vfs import Principal, Workspace
+from tests.fixtures import STRONG_PASSWORD, client_env
+from tests.transfer.sftp_door import (
+    SftpStatus, close_checked, connect, fresh_source, open_transport, start_sftp_server, write_host_key,
+)
+from transfer.sftp import CIPHERS, MACS, Limits
+
+SSH_OPTIONS = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+               "-o", "IdentityAgent=none", "-o", "ConnectTimeout=20", "-o", "NumberOfPasswordPrompts=1",
+               "-o", "LogLevel=ERROR"]
+PASSWORD_AUTH = ["-o", "BatchMode=no", "-o", "PubkeyAuthentication=no",
+                 "-o", "PreferredAuthentications=password,keyboard-interactive"]
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed (CI installs it with apt-get in .ci/run)")
+    return path
+
+
+@pytest.fixture
+def client_home(tmp_path, test_env) -> dict[str, str]:
+    """A clean environment for third-party clients: throwaway HOME, no agent, no config."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in client_env(test_env).items() if not k.startswith(("SSH_", "RCLONE_"))}
+    return {**env, "HOME": str(home)}
+
+
+def run(args: list[str], env: dict[str, str], *, timeout: float = 180, password: str | None = None):
+    if password is not None:
+        args, env = [tool("sshpass"), "-e", *args], {**env, "SSHPASS": password}
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def sftp_batch(server, user: str, lines: list[str], env, tmp_path: Path, *, password: str | None = None,
+               key: Path | None = None, extra: tuple[str, ...] = ()):
+    batch = tmp_path / f"batch-{time.monotonic_ns()}"
+    batch.write_text("\n".join(lines) + "\n")
+    auth_options = PASSWORD_AUTH if key is None else [
+        "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "PreferredAuthentications=publickey",
+        "-i", str(key)]
+    args = [tool("sftp"), *SSH_OPTIONS, *auth_options, *extra, "-P", str(server.port), "-b", str(batch),
+            f"{user}@127.0.0.1"]
+    return run(args, env, password=password)
+
+
+def events(services, account_id: int | None, *, action: str | None = None, since: datetime | None = None):
+    with services.db.session() as session:
+        query = select(AuditEvent).where(AuditEvent.protocol == "sftp").order_by(AuditEvent.id)
+        if account_id is not None:
+            query = query.where(AuditEvent.account_id == account_id)
+        if action:
+            query = query.where(AuditEvent.action == action)
+        if since:
+            query = query.where(AuditEvent.at >= since)
+        rows = session.scalars(query).all()
+        session.expunge_all()
+        return rows
+
+
+def wait_for(predicate, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    return predicate()
+
+
+def workspace(services, account, user_id=None, username=None, role="admin") -> Workspace:
+    return Workspace(services, Principal(user_id or account.admin_id, account.id,
+                                         username or account.admin_username, role, "web", "127.0.0.1"))
+
+
+def user_row(session, services, username: str) -> User:
+    return accounts.find_user(session, services.keyring, username)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def login(sftp_server, account):
+    """An SFTP client logged in as the admin of a fresh account."""
+    transport, client = connect(sftp_server.port, account.admin_username, password=account.password)
+    yield client
+    transport.close()
+
+
+# -- transfers -----------------------------------------------------------------------------------
+
+def test_50_mib_round_trip_with_openssh_and_stored_checksums(sftp_server, services, account, client_home, tmp_path):
+    data = os.urandom(50 * 1024 * 1024)
+    local, back = tmp_path / "big.bin", tmp_path / "back.bin"
+    local.write_bytes(data)
+    result = sftp_batch(sftp_server, account.admin_username,
+                        ["mkdir /in", f"put {local} /in/big.bin", f"get /in/big.bin {back}"],
+                        client_home, tmp_path, password=account.password)
+    assert result.returncode == 0, result.stderr
+    assert hashlib.sha256(back.read_bytes()).digest() == hashlib.sha256(data).digest()
+    transport, client = connect(sftp_server.port, account.admin_username, password=account.password)
+    try:
+        with client.open("/in/big.bin", "rb") as handle:
+            assert handle.check("sha256") == hashlib.sha256(data).digest()
+            assert handle.check("md5") == hashlib.md5(data).digest()
+    finally:
+        transport.close()
+    uploads = events(services, account.id, action="upload")
+    assert [(e.status, e.direction, e.nbytes) for e in uploads] == [("ok", "in", len(data))]
+    downloads = events(services, account.id, action="download")
+    assert downloads[0].status == "ok" and downloads[0].nbytes == len(data) and downloads[0].direction == "out"
+
+
+def test_close_reply_comes_after_the_commit(login, services, account):
+    payload = os.urandom(700_000)
+    handle = login.open("/c.bin", "wb")
+    handle.set_pipelined(True)
+    handle.write(payload)
+    close_checked(login, handle)
+    # No waiting: once CLOSE was answered the version is committed, spooled and visible.
+    entry = workspace(services, account).stat("/c.bin")
+    assert entry.size == len(payload) and entry.sha256 == hashlib.sha256(payload).digest()
+
+
+def test_resume_download_at_an_offset(login, services, account):
+    payload = os.urandom(1_000_000)
+    with login.open("/r.bin", "wb") as handle:
+        handle.write(payload)
+    with login.open("/r.bin", "rb") as handle:
+        handle.seek(654_321)
+        assert handle.read() == payload[654_321:]
+    partial = events(services, account.id, action="download")[-1]
+    assert partial.status == "ok" and partial.nbytes == len(payload) - 654_321
+
+
+def test_check_file_by_name_and_unsupported_ranges(login):
+    payload = b"fingerprinted" * 1000
+    with login.open("/h.txt", "wb") as handle:
+        handle.write(payload)
+    _, msg = login._request(CMD_EXTENDED, "check-file-name", "/h.txt", "sha1,sha256", int64(0), int64(0), 0)
+    assert msg.get_text() == "check-file" and msg.get_text() == "sha256"
+    assert msg.get_remainder() == hashlib.sha256(payload).digest()
+    with pytest.raises(SftpStatus) as refused:
+        login._request(CMD_EXTENDED, "check-file-name", "/h.txt", "md5", int64(10), int64(0), 0)
+    assert refused.value.code == SFTP_OP_UNSUPPORTED
+    with pytest.raises(SftpStatus) as refused:
+        login._request(CMD_EXTENDED, "check-file-name", "/h.txt", "sha1", int64(0), int64(0), 0)
+    assert refused.value.code == SFTP_OP_UNSUPPORTED
+
+
+def test_out_of_order_writes_within_the_window_are_reordered(login, services, account):
+    pieces = [os.urandom(32 * 1024) for _ in range(6)]
+    handle = login.open("/o.bin", "wb")
+    for index in (1, 0, 3, 2, 5, 4):
+        login._request(CMD_WRITE, handle.handle, int64(index * 32 * 1024), pieces[index])
+    close_checked(login, handle)
+    assert workspace(services, account).stat("/o.bin").sha256 == hashlib.sha256(b"".join(pieces)).digest()
+
+
+def test_random_offset_writes_and_appends_are_unsupported(login, services, account):
+    handle = login.open("/x.bin", "wb")
+    login._request(CMD_WRITE, handle.handle, int64(0), b"a" * 100)
+    with pytest.raises(SftpStatus) as refused:
+        login._request(CMD_WRITE, handle.handle, int64(10), b"b" * 10)
+    assert refused.value.code == SFTP_OP_UNSUPPORTED
+    with pytest.raises(SftpStatus):
+        close_checked(login, handle)
+    with pytest.raises(NotFound):
+        workspace(services, account).stat("/x.bin")
+    with pytest.raises(SftpStatus) as refused:
+        login.open("/x.bin", "ab")
+    assert refused.value.code == SFTP_OP_UNSUPPORTED
+    assert any(e.detail == "write" for e in events(services, account.id, action="denied"))
+
+
+def test_directory_operations(login, services, account):
+    login.mkdir("/d")
+    login.mkdir("/d/e")
+    with login.open("/d/e/f.txt", "wb") as handle:
+        handle.write(b"f")
+    assert sorted(login.listdir("/d")) == ["e"]
+    assert login.stat("/d/e").st_mode & 0o040000 and login.stat("/d/e/f.txt").st_size == 1
+    assert login.normalize("d/./e/../e") == "/d/e"
+    with pytest.raises(SftpStatus):
+        login.rename("/d/e/f.txt", "/d/e")  # SFTP v3 rename never replaces
+    login.rename("/d/e/f.txt", "/d/g.txt")
+    with login.open("/d/h.txt", "wb") as handle:
+        handle.write(b"h")
+    login.posix_rename("/d/h.txt", "/d/g.txt")
+    assert login.open("/d/g.txt").read() == b"h"
+    with pytest.raises(SftpStatus):
+        login.rmdir("/d")  # not empty
+    with pytest.raises(SftpStatus):
+        login.remove("/d/e")  # a folder
+    login.rmdir("/d/e")
+    login.remove("/d/g.txt")
+    login.rmdir("/d")
+    assert "d" not in login.listdir("/")
+    actions = [e.action for e in events(services, account.id) if e.action in ("mkdir", "rename", "delete")]
+    assert actions == ["mkdir", "mkdir", "rename", "rename", "delete", "delete", "delete"]
+
+
+def test_setstat_keeps_times_and_ignores_modes(login, services, account):
+    with login.open("/t.txt", "wb") as handle:
+        handle.write(b"t")
+    login.utime("/t.txt", (1_600_000_000, 1_600_000_000))
+    login.chmod("/t.txt", 0o600)
+    assert login.stat("/t.txt").st_mtime == 1_600_000_000
+    assert workspace(services, account).stat("/t.txt").mtime == datetime.fromtimestamp(1_600_000_000, timezone.utc)
+    with pytest.raises(SftpStatus) as refused:
+        login.truncate("/t.txt", 0)
+    assert refused.value.code == SFTP_OP_UNSUPPORTED
+
+
+def test_symlinks_are_refused_cleanly(login):
+    for call in (lambda: login.symlink("/a", "/b"), lambda: login.readlink("/a")):
+        with pytest.raises(SftpStatus) as refused:
+            call()
+        assert refused.value.code == SFTP_OP_UNSUPPORTED
+
+
+# -- real clients ----------------------------------------------------------------------------------
+
+def test_openssh_password_directory_operations_and_reget(sftp_server, account, client_home, tmp_path):
+    local, back = tmp_path / "a.txt", tmp_path / "back.txt"
+    data = os.urandom(300_000)
+    local.write_bytes(data)
+    back.write_bytes(data[:100_000])  # a download interrupted earlier, resumed with reget
+    result = sftp_batch(sftp_server, account.admin_username, [
+        "mkdir /docs", "cd /docs", f"put {local} a.txt", "rename a.txt b.txt", "ls -1 /docs",
+        f"reget b.txt {back}", "mkdir sub", "rmdir sub", "rm b.txt", "ls -1 /docs", "cd /", "rmdir docs",
+    ], client_home, tmp_path, password=account.password)
+    assert result.returncode == 0, result.stderr
+    assert back.read_bytes() == data
+    listing = result.stdout.splitlines()
+    assert "/docs/b.txt" in listing and "/docs/a.txt" not in listing
+
+
+def test_openssh_key_login_with_a_key_added_like_users_add_key(sftp_server, services, account, client_home, tmp_path):
+    key = tmp_path / "id_ed25519"
+    subprocess.run([tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True,
+                   env=client_home, timeout=30)
+    with services.db.session() as session:
+        auth.add_ssh_key(session, services.keyring, user_row(session, services, account.admin_username),
+                         (tmp_path / "id_ed25519.pub").read_text())
+    local = tmp_path / "k.txt"
+    local.write_bytes(b"by key")
+    result = sftp_batch(sftp_server, account.admin_username, [f"put {local} /k.txt", "ls -1 /"],
+                        client_home, tmp_path, key=key)
+    assert result.returncode == 0, result.stderr
+    assert workspace(services, account).stat("/k.txt").size == 6
+    logins = events(services, account.id, action="login")
+    assert [(e.status, e.detail) for e in logins] == [("ok", "publickey")]
+
+
+def test_rclone_round_trip_sets_the_modification_time(sftp_server, services, account, client_home, tmp_path):
+    config = tmp_path / "rclone.conf"
+    config.write_text("")
+    obscured = run([tool("rclone"), "--config", str(config), "obscure", account.password], client_home).stdout.strip()
+    remote = f":sftp,host=127.0.0.1,port={sftp_server.port},user={account.admin_username},pass={obscured}:"
+    common = ["--config", str(config), "--retries", "1", "--low-level-retries", "2", "--contimeout", "20s",
+              "--timeout", "60s"]
+    data = os.urandom(2 * 1024 * 1024 + 17)
+    local, back = tmp_path / "r.bin", tmp_path / "r-back.bin"
+    local.write_bytes(data)
+    os.utime(local, (1_500_000_000, 1_500_000_000))
+    up = run([tool("rclone"), *common, "copyto", str(local), remote + "/rc/r.bin"], client_home)
+    assert up.returncode == 0, up.stderr
+    down = run([tool("rclone"), *common, "copyto", remote + "/rc/r.bin", str(back)], client_home)
+    assert down.returncode == 0, down.stderr
+    assert hashlib.sha256(back.read_bytes()).digest() == hashlib.sha256(data).digest()
+    entry = workspace(services, account).stat("/rc/r.bin")
+    assert entry.mtime == datetime.fromtimestamp(1_500_000_000, timezone.utc)
+
+
+def test_ssh_exec_and_port_forwarding_are_refused_and_audited(sftp_server, services, account, client_home):
+    base = [tool("ssh"), *SSH_OPTIONS, *PASSWORD_AUTH, "-p", str(sftp_server.port)]
+    target = f"{account.admin_username}@127.0.0.1"
+    ls = run([*base, target, "ls"], client_home, password=account.password, timeout=60)
+    assert ls.returncode != 0
+    remote = run([*base, "-N", "-o", "ExitOnForwardFailure=yes", "-R", f"127.0.0.1:0:127.0.0.1:{sftp_server.port}",
+                  target], client_home, password=account.password, timeout=60)
+    assert remote.returncode != 0
+    local_port = free_port()
+    forward = subprocess.Popen(
+        [tool("sshpass"), "-e", *base, "-N", "-L", f"127.0.0.1:{local_port}:127.0.0.1:{sftp_server.port}", target],
+        env={**client_home, "SSHPASS": account.password}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        sock = wait_for(lambda: _try_connect(local_port), timeout=20)
+        assert sock, "ssh -L never listened"
+        with sock:
+            sock.settimeout(20)
+            assert sock.recv(100) == b""  # had it been forwarded, our own SSH banner would arrive
+    finally:
+        os.killpg(forward.pid, signal.SIGKILL)
+        forward.wait(20)
+    details = {e.detail for e in events(services, account.id, action="denied")}
+    assert {"exec", "port forwarding (remote)", "port forwarding (local)"} <= details
+
+
+def _try_connect(port: int):
+    try:
+        return socket.create_connection(("127.0.0.1", port), timeout=2)
+    except OSError:
+        return None
+
+
+def test_weak_algorithms_are_never_negotiated(sftp_server, client_home, tmp_path, account):
+    every = paramiko.Transport
+    weak_ciphers = {"ciphers": [c for c in every._preferred_ciphers if c not in ("3des-cbc", "aes128-cbc", "aes256-cbc")]}
+    weak_macs = {"ciphers": [c for c in every._preferred_ciphers if c != "aes256-ctr"],
+                 "macs": [m for m in every._preferred_macs if m not in ("hmac-sha1", "hmac-md5", "hmac-sha1-96")]}
+    for offer in (weak_ciphers, weak_macs):
+        with pytest.raises(paramiko.SSHException):
+            open_transport(sftp_server.port, disabled_algorithms=offer).close()
+    cbc = sftp_batch(sftp_server, account.admin_username, ["ls"], client_home, tmp_path,
+                     password=account.password, extra=("-c", "aes256-cbc"))
+    assert cbc.returncode != 0
+    # What a modern client gets: strict kex, the hybrid post-quantum kex, AES-256 and SHA-2.
+    only_pq = {"kex": [k for k in every._preferred_kex if k != "mlkem768x25519-sha256"]}
+    transport = open_transport(sftp_server.port, disabled_algorithms=only_pq)
+    try:
+        assert transport.agreed_on_strict_kex
+        assert transport.local_cipher in CIPHERS and transport.local_mac in MACS
+    finally:
+        transport.close()
+
+
+def test_a_client_killed_mid_upload_leaves_no_file_and_no_object(sftp_server, services, account, client_home, tmp_path):
+    local = tmp_path / "slow.bin"
+    local.write_bytes(os.urandom(8 * 1024 * 1024))
+    batch = tmp_path / "kill-batch"
+    batch.write_text(f"put {local} /slow.bin\n")
+    spool = services.spool
+    ready_before, temps_before = set(spool.ready_keys()), set(spool.tmp.iterdir()) if spool.tmp.exists() else set()
+    sftp = subprocess.Popen(
+        [tool("sshpass"), "-e", tool("sftp"), *SSH_OPTIONS, *PASSWORD_AUTH, "-l", "2000", "-P", str(sftp_server.port),
+         "-b", str(batch), f"{account.admin_username}@127.0.0.1"],
+        env={**client_home, "SSHPASS": account.password}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert wait_for(lambda: set(spool.tmp.iterdir()) - temps_before if spool.tmp.exists() else None, 20)
+        time.sleep(0.5)
+    finally:
+        os.killpg(sftp.pid, signal.SIGKILL)
+        sftp.wait(20)
+    aborted = wait_for(lambda: [e for e in events(services, account.id, action="upload") if e.status == "failed"])
+    assert aborted and aborted[0].detail == "session ended" and aborted[0].nbytes > 0
+    with pytest.raises(NotFound):
+        workspace(services, account).stat("/slow.bin")
+    assert not set(spool.tmp.iterdir()) - temps_before
+    assert set(spool.ready_keys()) - ready_before == set()
+
+
+# -- logging in ------------------------------------------------------------------------------------
+
+def _wrong_password(port: int, username: str, source: str) -> None:
+    transport = open_transport(port, source=source)
+    try:
+        with pytest.raises(paramiko.AuthenticationException):
+            transport.auth_password(username, "not-the-password-1")
+    finally:
+        transport.close()
+
+
+def test_an_unproven_key_offer_counts_nothing_and_clears_nothing(sftp_server, services, account, make_user,
+                                                                client_home, tmp_path):
+    user_id, username = make_user(account)
+    key = tmp_path / "id_ed25519"
+    subprocess.run([tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True,
+                   env=client_home, timeout=30)
+    with services.db.session() as session:
+        auth.add_ssh_key(session, services.keyring, user_row(session, services, username),
+                         (tmp_path / "id_ed25519.pub").read_text())
+    key.unlink()  # the client keeps only the public half: it can offer the key, never sign
+    source = fresh_source()
+    for _ in range(2):
+        _wrong_password(sftp_server.port, username, source)
+    since = datetime.now(timezone.utc)
+    probe = sftp_batch(sftp_server, username, ["ls"], client_home, tmp_path, key=tmp_path / "id_ed25519.pub",
+                       extra=("-o", f"BindAddress={source}"))
+    assert probe.returncode != 0
+    ended = wait_for(lambda: events(services, account.id, action="login_failed", since=since))
+    assert [(e.user_id, e.detail) for e in ended] == [(user_id, "connection ended before authentication")]
+    assert not events(services, account.id, action="login", since=since)
+    assert not auth.is_locked_out(services, username)
+    _wrong_password(sftp_server.port, username, source)  # the third counted failure: the probe cleared nothing
+    assert auth.is_locked_out(services, username)
+
+
+def test_lockout_is_shared_with_every_door(sftp_server, services, account, make_user):
+    _, username = make_user(account)
+    source = fresh_source()
+    for _ in range(3):
+        _wrong_password(sftp_server.port, username, source)
+    with pytest.raises(paramiko.AuthenticationException):
+        connect(sftp_server.port, username, password=STRONG_PASSWORD, source=source)
+    for door in ("web", "ftps"):  # the other doors log in through this same call
+        with pytest.raises(AuthFailed):
+            auth.authenticate(services, username, STRONG_PASSWORD, method="password", protocol=door, ip=source)
+    _, other = make_user(account)
+    for _ in range(3):
+        with pytest.raises(AuthFailed):
+            auth.authenticate(services, other, "wrong-wrong-wrong", method="password", protocol="web", ip=source)
+    with pytest.raises(paramiko.AuthenticationException):
+        connect(sftp_server.port, other, password=STRONG_PASSWORD, source=source)
+
+
+def test_allow_list_is_shared_with_every_door(sftp_server, services, account):
+    with services.db.session() as session:
+        acct = session.get(accounts.Account, account.id)
+        auth.add_ip_rule(session, services.keyring, acct, "10.0.0.0/8")
+    with pytest.raises(paramiko.AuthenticationException):
+        connect(sftp_server.port, account.admin_username, password=account.password)
+    for door in ("web", "ftps"):
+        with pytest.raises(AuthFailed):
+            auth.authenticate(services, account.admin_username, account.password, method="password",
+                              protocol=door, ip="127.0.0.1")
+    refused = events(services, account.id, action="login_failed")
+    assert refused[-1].detail == "address not in allow-list"
+    with services.db.session() as session:
+        acct = session.get(accounts.Account, account.id)
+        auth.add_ip_rule(session, services.keyring, acct, "127.0.0.0/8")
+    transport, client = connect(sftp_server.port, account.admin_username, password=account.password)
+    transport.close()
+
+
+def _require_mfa(services, account, username) -> pyotp.TOTP:
+    with services.db.session() as session:
+        acct = session.get(accounts.Account, account.id)
+        auth.set_policy(session, services.keyring, acct, require_mfa=True)
+        uri = totp.enrol_totp(session, services.keyring, user_row(session, services, username))
+    return pyotp.parse_uri(uri)
+
+
+def test_mfa_asks_for_the_code_by_keyboard_interactive(sftp_server, services, account, make_user, tmp_path):
+    _, username = make_user(account)
+    code = _require_mfa(services, account, username)
+    transport = open_transport(sftp_server.port)
+    try:
+        assert transport.auth_password(username, STRONG_PASSWORD) == ["keyboard-interactive"]
+        assert not transport.is_authenticated()
+        with pytest.raises(paramiko.AuthenticationException):
+            transport.auth_interactive(username, lambda title, instructions, prompts: ["000000"])
+        transport.auth_interactive(username, lambda title, instructions, prompts: [code.now()])
+        assert transport.is_authenticated()
+    finally:
+        transport.close()
+    details = [(e.action, e.detail) for e in events(services, account.id) if e.action.startswith("login")]
+    assert details == [("login_failed", "wrong code"), ("login", "password + totp")]
+
+
+def test_mfa_after_a_key_and_keyboard_interactive_only_clients(sftp_server, services, account, make_user, tmp_path):
+    _, username = make_user(account)
+    code = _require_mfa(services, account, username)
+    key = paramiko.Ed25519Key.from_private_key_file(str(write_host_key(tmp_path / "user_key")))
+    with services.db.session() as session:
+        auth.add_ssh_key(session, services.keyring, user_row(session, services, username),
+                         f"{key.get_name()} {key.get_base64()}")
+    transport = open_transport(sftp_server.port)
+    try:
+        assert transport.auth_publickey(username, key) == ["keyboard-interactive"]
+        transport.auth_interactive(username, lambda title, instructions, prompts: [code.now()])
+        assert transport.is_authenticated()
+    finally:
+        transport.close()
+    # A client speaking keyboard-interactive only: the password, then the code, in one exchange.
+    _, second = make_user(account)
+    code = _require_mfa(services, account, second)
+    answers = iter([[STRONG_PASSWORD], [code.now()]])
+    transport = open_transport(sftp_server.port)
+    try:
+        transport.auth_interactive(second, lambda title, instructions, prompts: next(answers))
+        assert transport.is_authenticated()
+    finally:
+        transport.close()
+
+
+# -- refusals and malformed input --------------------------------------------------------------------
+
+def test_every_channel_request_but_sftp_is_refused_and_audited(sftp_server, services, account):
+    transport, _ = connect(sftp_server.port, account.admin_username, password=account.password)
+    try:
+        attempts = {
+            "exec": lambda ch: ch.exec_command("id"),
+            "shell": lambda ch: ch.invoke_shell(),
+            "pty": lambda ch: ch.get_pty(),
+            "subsystem": lambda ch: ch.invoke_subsystem("scp"),
+        }
+        for name, attempt in attempts.items():
+            channel = transport.open_session()
+            with pytest.raises(paramiko.SSHException):
+                attempt(channel)
+            channel.close()
+        channel = transport.open_session()
+        channel.set_environment_variable("LANG", "C")  # sent without asking for a reply
+        with pytest.raises(paramiko.SSHException):
+            channel.request_x11(single_connection=True)
+        transport.open_session().request_forward_agent(lambda *_: None)  # no reply asked either
+        with pytest.raises(paramiko.ChannelException):
+            transport.open_channel("direct-tcpip", ("127.0.0.1", sftp_server.port), ("127.0.0.1", 1))
+        with pytest.raises(paramiko.SSHException):
+            transport.request_port_forward("127.0.0.1", 0)
+        assert transport.global_request("custom@example.test", wait=True) is None
+        assert wait_for(lambda: len(events(services, account.id, action="denied")) >= 10)
+    finally:
+        transport.close()
+    details = {e.detail for e in events(services, account.id, action="denied")}
+    assert {"exec", "shell", "pty", "env", "subsystem", "x11", "agent forwarding", "port forwarding (local)",
+            "port forwarding (remote)", "global request"} <= details
+    assert all(e.status == "refused" and e.protocol == "sftp" for e in events(services, account.id, action="denied"))
+
+
+class Collect(logging.Handler):
+    """Our own handler on the server's loggers, whatever the root logger's setup is."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: list[tuple[str, str, bool]] = []
+
+    def emit(self, record):
+        self.records.append((record.name, record.getMessage(), record.exc_info is not None))
+
+
+@contextlib.contextmanager
+def server_logs():
+    collect, loggers = Collect(), [logging.getLogger(name) for name in ("transfer", "common")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.DEBUG)  # setLevel, not the attribute: it clears logging's caches
+        logger.addHandler(collect)
+    try:
+        yield collect
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.removeHandler(collect)
+            logger.setLevel(level)
+
+
+class RawSftp:
+    """The sftp subsystem spoken by hand, to send what no client library would."""
+
+    def __init__(self, transport: paramiko.Transport):
+        self.channel = transport.open_session()
+        self.channel.settimeout(20)
+        self.channel.invoke_subsystem("sftp")
+        self.send(CMD_INIT, struct.pack(">I", 3))
+        assert self.receive()[0] == CMD_VERSION
+
+    def send(self, kind: int, body: bytes) -> None:
+        self.channel.sendall(struct.pack(">IB", len(body) + 1, kind) + body)
+
+    def request(self, kind: int, request_id: int, body: bytes) -> tuple[int, bytes]:
+        self.send(kind, struct.pack(">I", request_id) + body)
+        return self.receive()
+
+    def receive(self) -> tuple[int, bytes]:
+        header = self._exactly(5)
+        size, kind = struct.unpack(">IB", header)
+        return kind, self._exactly(size - 1)
+
+    def _exactly(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.channel.recv(n - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return data
+
+
+def _string(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def _status(reply: tuple[int, bytes]) -> int:
+    kind, body = reply
+    assert kind == CMD_STATUS
+    return struct.unpack(">I", body[4:8])[0]
+
+
+def test_malformed_requests_get_a_status_or_a_clean_disconnect(sftp_server, account):
+    transport, _ = connect(sftp_server.port, account.admin_username, password=account.password)
+    with server_logs() as logs, contextlib.closing(transport):
+        raw = RawSftp(transport)
+        no_attrs = struct.pack(">II", 0x1A, 0)
+        assert _status(raw.request(CMD_OPEN, 1, _string(b"/a\x00b") + no_attrs)) == SFTP_FAILURE
+        assert _status(raw.request(CMD_OPEN, 2, _string(b"/\xff\xfe.txt") + no_attrs)) == SFTP_FAILURE
+        assert _status(raw.request(CMD_OPEN, 3, _string(b"/truncated"))) == SFTP_BAD_MESSAGE
+        assert _status(raw.request(CMD_READ, 4, _string(b"no-such-handle") + struct.pack(">QI", 0, 10))) == SFTP_BAD_MESSAGE
+        assert _status(raw.request(CMD_EXTENDED, 5, b"")) == SFTP_BAD_MESSAGE
+        assert _status(raw.request(150, 5, b"")) == SFTP_OP_UNSUPPORTED
+        assert _status(raw.request(CMD_EXTENDED, 6, _string(b"copy-data"))) == SFTP_OP_UNSUPPORTED
+        kind, body = raw.request(CMD_OPEN, 7, _string(b"/fine.txt") + no_attrs)
+        assert kind == CMD_HANDLE  # the session survived all of the above
+        raw.channel.sendall(struct.pack(">I", 0x00FFFFFF) + b"\x01")  # a 16 MiB "request"
+        with pytest.raises(EOFError):
+            raw.receive()
+    assert any("sftp channel closed" in message for _, message, _ in logs.records)
+    assert not [r for r in logs.records if "Traceback" in r[1] or r[2]]
+
+
+def test_logs_carry_ids_not_names_or_paths(sftp_server, account):
+    with server_logs() as logs:
+        transport, client = connect(sftp_server.port, account.admin_username, password=account.password)
+        with contextlib.closing(transport):
+            client.mkdir("/secret-plans")
+            with client.open("/secret-plans/merger.txt", "wb") as handle:
+                handle.write(b"x")
+            client.listdir("/secret-plans")
+        wait_for(lambda: any("ended" in message for _, message, _ in logs.records), timeout=10)
+    messages = [message for _, message, _ in logs.records]
+    assert any("logged in" in m for m in messages)
+    assert any(name.startswith("transfer.sftp.ssh") for name, _, _ in logs.records)  # paramiko's, server side
+    for message in messages:
+        assert account.admin_username not in message and "secret-plans" not in message and "merger" not in message
+
+
+# -- limits, timeouts and the process -----------------------------------------------------------------
+
+def test_session_caps_and_timeouts(services, sftp_host_key_file, account):
+    server = start_sftp_server(services, sftp_host_key_file,
+                               Limits(max_sessions_per_ip=2, auth_timeout=1.0, idle_timeout=1.0))
+    try:
+        source = fresh_source()
+        held = [socket.create_connection(("127.0.0.1", server.port), timeout=10, source_address=(source, 0))
+                for _ in range(2)]
+        assert all(s.recv(4).startswith(b"SSH-") for s in held)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10, source_address=(source, 0)) as third:
+            assert third.recv(4) == b""  # over the per-address cap: closed before any banner
+        for sock in held:  # never authenticated: dropped after the auth timeout
+            sock.settimeout(10)
+            assert sock.recv(4096) is not None and _drained(sock)
+            sock.close()
+        transport, client = connect(server.port, account.admin_username, password=account.password)
+        assert wait_for(lambda: not transport.is_active(), timeout=10)  # idle for longer than 1 s
+    finally:
+        server.stop()
+
+
+def _drained(sock: socket.socket) -> bool:
+    while sock.recv(4096):
+        pass
+    return True
+
+
+def test_banned_address_is_disconnected_at_once(sftp_server, services):
+    source = fresh_source()
+    with services.db.session() as session:
+        auth._ban(session, source, datetime(2999, 1, 1, tzinfo=timezone.utc))
+    with socket.create_connection(("127.0.0.1", sftp_server.port), timeout=10, source_address=(source, 0)) as sock:
+        sock.settimeout(10)
+        assert sock.recv(100) == b""
+
+
+def test_python_m_transfer_sftp_serves_and_stops_on_sigterm(test_env, account, tmp_path):
+    port = free_port()
+    key = write_host_key(tmp_path / "host_key")
+    env = {**client_env(test_env), "SFTP_PORT": str(port), "SFTP_HOST_KEY_FILE": str(key)}
+    process = subprocess.Popen([sys.executable, "-m", "transfer.sftp"], env=env, stderr=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, text=True, cwd=Path(__file__).resolve().parents[2])
+    try:
+        line = process.stderr.readline()
+        assert "sftp listening on 127.0.0.1:%d" % port in line, line
+        transport, client = connect(port, account.admin_username, password=account.password)
+        assert "Shared" in client.listdir("/")
+        transport.close()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_a_permission_refusal_is_audited_once(login, services, account):
+    with pytest.raises(SftpStatus) as refused:
+        login.open("/Audit Logs/x.txt", "wb")
+    assert refused.value.errno == 13
+    denied = events(services, account.id, action="denied")
+    assert [(e.detail, e.status) for e in denied] == [("upload", "refused")]
