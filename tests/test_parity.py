@@ -98,3 +98,78 @@ def test_workspace_door_is_the_reference(services, make_account):
     services.store.ensure_bucket()
     door = WorkspaceDoor.for_admin(services, make_account(), "web")
     assert outcome(door.download, "/missing") == "not_found"
+
+
+def test_a_session_ends_with_one_logout_event(services, make_account, request):
+    """Both protocol doors audit the end of a logged-in session exactly once."""
+    import time as _time
+    from common import audit
+    from tests.transfer.ftps_door import connect as ftps_connect, quit_quietly
+    from tests.transfer.sftp_door import connect as sftp_connect
+    account = make_account()
+    ftp = ftps_connect(request.getfixturevalue("ftps_server"), account.admin_username, account.password)
+    ftp.pwd()
+    quit_quietly(ftp)
+    transport, client = sftp_connect(request.getfixturevalue("sftp_server").port, account.admin_username,
+                                     password=account.password)
+    client.listdir("/")
+    transport.close()
+    deadline = _time.monotonic() + 10
+    while _time.monotonic() < deadline:
+        with services.db.session() as session:
+            logouts = audit.query_events(session, services.keyring, account.id,
+                                         audit.EventFilter(actions=("logout",)))
+        if len(logouts) >= 2:
+            break
+        _time.sleep(0.2)
+    assert sorted(e.protocol for e in logouts) == ["ftps", "sftp"]
+    assert all(e.user_id == account.admin_id and e.duration_ms is not None for e in logouts)
+
+
+# -- one gate: lockout and allow-lists hold across the real doors ------------------------------
+
+def _ftps_login(request, username, password, source="127.0.0.1"):
+    from tests.transfer.ftps_door import connect, quit_quietly
+    import ftplib
+    try:
+        quit_quietly(connect(request.getfixturevalue("ftps_server"), username, password, source=source))
+        return "ok"
+    except ftplib.error_perm as exc:
+        assert str(exc).startswith("530")
+        return "refused"
+
+
+def _sftp_login(request, username, password, source="127.0.0.1"):
+    import paramiko
+    from tests.transfer.sftp_door import connect
+    try:
+        transport, _ = connect(request.getfixturevalue("sftp_server").port, username, password=password,
+                               source=source)
+        transport.close()
+        return "ok"
+    except paramiko.AuthenticationException:
+        return "refused"
+
+
+LOGINS = {"ftps": _ftps_login, "sftp": _sftp_login}
+
+
+@pytest.mark.parametrize("failing, checking", [("ftps", "sftp"), ("sftp", "ftps")])
+def test_a_lockout_on_one_door_holds_on_the_other(request, services, make_account, make_user, failing, checking):
+    from tests.fixtures import STRONG_PASSWORD
+    _, username = make_user(make_account())
+    for _ in range(3):
+        assert LOGINS[failing](request, username, "not-the-password") == "refused"
+    assert LOGINS[checking](request, username, STRONG_PASSWORD) == "refused"
+    assert LOGINS[failing](request, username, STRONG_PASSWORD) == "refused"
+
+
+@pytest.mark.parametrize("door", ["ftps", "sftp"])
+def test_an_allow_list_holds_on_every_door(request, services, make_account, door):
+    from common import auth
+    from common.models import Account
+    account = make_account("t2")
+    with services.db.session() as session:
+        auth.add_ip_rule(session, services.keyring, session.get(Account, account.id), "127.0.0.1/32")
+    assert LOGINS[door](request, account.admin_username, account.password, source="127.0.0.2") == "refused"
+    assert LOGINS[door](request, account.admin_username, account.password, source="127.0.0.1") == "ok"

@@ -25,6 +25,7 @@ import signal
 import stat as stat_module
 import sys
 import threading
+import time
 import traceback
 from datetime import datetime, timezone
 
@@ -557,6 +558,7 @@ class FTPSHandler(TLS_FTPHandler):
     def __init__(self, conn, server, ioloop=None):
         self.session_id = secrets.token_hex(4)
         self.principal: Principal | None = None
+        self._logged_in_at: float | None = None
         self._hash_algorithm = "SHA-256"
         self._ban_checked = False
         self._discarding = False
@@ -658,7 +660,20 @@ class FTPSHandler(TLS_FTPHandler):
         self.handle_auth_success("/", "", self.authorizer.get_msg_login(self.username))
 
     def on_login(self, username):
+        self._logged_in_at = time.monotonic()
         log.info("ftps session %s: user %s logged in", self.session_id, self.principal.user_id)
+
+    def on_logout(self, username):
+        self._record_logout()
+
+    def close(self):
+        self._record_logout()  # a session that drops without QUIT ends here
+        super().close()
+
+    def _record_logout(self):
+        if self._logged_in_at is not None and self.principal is not None:
+            started, self._logged_in_at = self._logged_in_at, None
+            Workspace(self.services, self.principal).record_logout(started)
 
     def flush_account(self):
         self.drop_queued_transfers()

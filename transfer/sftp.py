@@ -244,6 +244,7 @@ class SshSession(paramiko.ServerInterface):
         self.result = result
         self.workspace = Workspace(self.services, Principal(
             result.user_id, result.account_id, result.username, result.role, PROTOCOL, self.ip))
+        self.logged_in_at = time.monotonic()
         log.info("sftp session %s: user %s of account %s logged in (%s)",
                  self.id, result.user_id, result.account_id, result.method)
         return AUTH_SUCCESSFUL
@@ -252,6 +253,8 @@ class SshSession(paramiko.ServerInterface):
         """The connection is gone: one login_failed if it never logged in and nothing was audited."""
         if self.result is None and self._username is not None and not self._failure_audited:
             auth.record_unauthenticated_end(self.services, self._username, PROTOCOL, self.ip)
+        if self.workspace is not None:
+            self.workspace.record_logout(self.logged_in_at)
         log.info("sftp session %s: ended", self.id)
 
     # -- channels: a session channel for the sftp subsystem, nothing else --

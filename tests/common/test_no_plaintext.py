@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import secrets
 import subprocess
 import tempfile
@@ -149,7 +150,8 @@ def own(settings, migrated, tmp_path):
     svc.close()
 
 
-def test_a_200_mib_upload_leaves_no_plaintext_anywhere(own, account):
+def test_a_200_mib_upload_leaves_no_plaintext_anywhere(own, account, caplog):
+    caplog.set_level(logging.DEBUG)
     started = time.time() - 1
     marker = "PLAINLEAK" + secrets.token_hex(8)
     scanner = Scanner(needles_for(marker))
@@ -178,5 +180,8 @@ def test_a_200_mib_upload_leaves_no_plaintext_anywhere(own, account):
     leaks = [name for name, blocks in bucket_blocks(own) if scanner.hits(blocks)]
     assert leaks == [], "plaintext in the bucket"
     assert scanner.scanned > 2 * TOTAL  # the spool file and the object were both read
+    assert b"".join(ws.open_read(f"{folder}/{marker} report.bin", 0, 64)).startswith(marker.encode())
+    assert caplog.records, "the scan of the logs read nothing"
+    assert not scanner.hits(record.getMessage().encode() for record in caplog.records), "plaintext in the logs"
     # The scanner itself finds the marker where it is: a test that cannot fail proves nothing.
     assert scanner.hits(content(marker.encode(), MiB)) and scanner.hits([marker.encode("utf-16-le")])

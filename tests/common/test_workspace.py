@@ -87,3 +87,18 @@ def test_reading_at_the_very_end_gives_nothing(workspace, services):
     jobs.ingest_version(services, _current_version(services, workspace, "/exact.bin"))
     assert download(workspace, "/exact.bin", len(data)) == b""
     assert download(workspace, "/exact.bin", len(data) - 1) == data[-1:]
+
+
+def test_a_bucket_with_versioning_is_refused(services, settings):
+    import dataclasses
+    from minio.versioningconfig import ENABLED, VersioningConfig
+    from common.errors import ConfigError
+    from common.storage import ObjectStore
+    store = ObjectStore(dataclasses.replace(settings, s3_bucket=f"versioned-{os.urandom(4).hex()}"))
+    store.client.make_bucket(store.bucket)
+    try:
+        store.client.set_bucket_versioning(store.bucket, VersioningConfig(ENABLED))
+        with pytest.raises(ConfigError, match="versioning"):
+            store.ensure_bucket()
+    finally:
+        store.client.remove_bucket(store.bucket)
