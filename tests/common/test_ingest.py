@@ -29,7 +29,6 @@ from common.errors import TransientError
 from common.models import FileVersion, PendingPurge, Spool
 from common.services import Services
 from common.vfs import Principal, Workspace
-from tests.common.test_rotation import fresh_settings  # noqa: F401  (fixture)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024

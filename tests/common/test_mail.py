@@ -22,9 +22,7 @@ from sqlalchemy import select
 from common import jobs, mail
 from common.errors import ConfigError
 from common.models import AuditEvent, FileVersion
-from tests.common.test_rotation import (  # noqa: F401  (fixtures)
-    fresh_settings, make_account_with_files, open_services,
-)
+from tests.common.test_rotation import make_account_with_files
 
 
 def read_mails(folder) -> list[email.message.EmailMessage]:

@@ -6,16 +6,13 @@ run on a database of their own: the shared one's keys must stay under the test m
 from __future__ import annotations
 
 import base64
-import dataclasses
 import os
 import secrets
 
 import pytest
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import select, text
 
 from common import accounts, jobs, rotation
-from common.config import parse_master_keys
 from common.errors import ConfigError
 from common.models import FileVersion, WrappedKey
 from common.services import Services
@@ -23,52 +20,6 @@ from common.vfs import Principal, Workspace
 from tests.fixtures import STRONG_PASSWORD, TEST_MASTER_KEYS
 
 NEW_KEY = "k2:" + base64.b64encode(b"sealdrop-test-master-key-0000002").decode()
-
-
-def _admin_url(database_url: str) -> str:
-    return make_url(database_url).set(database="postgres").render_as_string(hide_password=False)
-
-
-@pytest.fixture
-def fresh_settings(settings, migrated, tmp_path):
-    """Settings for a new, migrated database (dropped afterwards) and a spool of their own."""
-    name = "rot_" + secrets.token_hex(6)
-    admin = create_engine(_admin_url(settings.database_url), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(settings.database_url).set(database=name).render_as_string(hide_password=False)
-    fresh = dataclasses.replace(settings, database_url=url, spool_id="rot" + secrets.token_hex(5),
-                                spool_dir=tmp_path / "spool")
-    _migrate(fresh)
-    yield fresh
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
-def _migrate(settings) -> None:
-    from flask_migrate import upgrade
-    from portal import create_app
-    app = create_app(settings)
-    with app.app_context():
-        upgrade()
-    app.extensions["sealdrop"].close()
-
-
-@pytest.fixture
-def open_services():
-    """Factory of Services (closed afterwards) for settings with a given MASTER_KEYS."""
-    made = []
-
-    def make(settings, master_keys: str = TEST_MASTER_KEYS) -> Services:
-        svc = Services(dataclasses.replace(settings, master_keys=parse_master_keys(master_keys)))
-        svc.store.ensure_bucket()
-        made.append(svc)
-        return svc
-
-    yield make
-    for svc in made:
-        svc.close()
 
 
 def make_account_with_files(svc: Services, files: dict[str, bytes], ingest: tuple[str, ...] = ()):

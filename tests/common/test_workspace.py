@@ -73,8 +73,6 @@ def test_rename_remove_and_errors(workspace):
 
 
 def _current_version(services, ws, path):
-    from common.models import Node
-    from sqlalchemy import select
     with services.db.session() as session:
         place = ws._resolve(session, path)
         return place.node.current_version_id

@@ -9,9 +9,8 @@ from sqlalchemy import select
 
 from common.config import parse_master_keys
 from common.models import FileVersion
-from tests.common.test_rotation import (  # noqa: F401  (fixtures)
-    NEW_KEY, _file_key_versions, _rows_of, fresh_settings, make_account_with_files, master_kids,
-    open_services, read_all,
+from tests.common.test_rotation import (
+    NEW_KEY, _file_key_versions, _rows_of, make_account_with_files, master_kids, read_all,
 )
 from tests.fixtures import TEST_MASTER_KEYS
 

@@ -12,7 +12,6 @@ import io
 import logging
 import os
 import random
-import shutil
 import signal
 import socket
 import ssl
@@ -36,7 +35,7 @@ from common import auth
 from common.errors import AuthFailed
 from common.models import Account, AuditEvent, IpBan, User
 from common.vfs import Principal, Workspace
-from tests.fixtures import REPO_ROOT, client_env
+from tests.fixtures import REPO_ROOT, client_env, tool
 from tests.transfer.ftps_door import (
     HOST, SessionReusingFTP_TLS, client_context, connect, quit_quietly, running_ftps,
 )
@@ -69,16 +68,6 @@ def audit_rows(services, account_id, action=None) -> list[AuditEvent]:
         if action:
             query = query.where(AuditEvent.action == action)
         return list(session.scalars(query))
-
-
-def tool(name: str) -> str:
-    """A client the tests drive; missing is a failure in CI (CLIENTS.md), a skip only on a dev box."""
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is not installed")
-        pytest.skip(f"{name} is not installed")
-    return path
 
 
 def run_client(args, test_env, tmp_path, timeout=120) -> subprocess.CompletedProcess:

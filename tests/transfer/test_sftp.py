@@ -9,7 +9,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -32,7 +31,7 @@ from common import accounts, auth, totp
 from common.errors import AuthFailed, NotFound
 from common.models import AuditEvent, User
 from common.vfs import Principal, Workspace
-from tests.fixtures import STRONG_PASSWORD, client_env
+from tests.fixtures import STRONG_PASSWORD, client_env, tool
 from tests.transfer.sftp_door import (
     SftpStatus, close_checked, connect, fresh_source, open_transport, start_sftp_server, write_host_key,
 )
@@ -46,13 +45,6 @@ PASSWORD_AUTH = ["-o", "BatchMode=no", "-o", "PubkeyAuthentication=no",
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is not installed (CI installs it with apt-get in .ci/run)")
-    return path
-
 
 @pytest.fixture
 def client_home(tmp_path, test_env) -> dict[str, str]:
