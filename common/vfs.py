@@ -28,6 +28,7 @@ from common.errors import (
 )
 from common.models import Account, FileVersion, Node, PendingPurge, Share, User
 from common.services import Services
+from common.storage import upload_verified
 
 SHARED = "Shared"
 AUDIT_LOGS = "Audit Logs"
@@ -443,19 +444,25 @@ class Upload:
         if self.state != "open":
             raise ValueError(f"upload already {self.state}")
         ws = self.workspace
+        inline = ws.services.settings.ingest_mode == "inline"
         try:
             prints = self._writer.finish()
+            if inline:  # this host's spool is not durable: the store must hold it before the reply
+                upload_verified(ws.services.store, ws.services.spool, self._writer.storage_key,
+                                cipher_size=prints.cipher_size, cipher_sha256=prints.cipher_sha256)
             with ws._session() as session:
-                entry, replaced = self._commit_version(session, prints)
+                entry, replaced = self._commit_version(session, prints, stored=inline)
                 ws._audit(session, "upload", path=self.path, direction="in", nbytes=prints.size,
                           duration_ms=int((time.monotonic() - self._started) * 1000))
         except BaseException:
             self.state = "aborted"
             self._writer.abort()
+            if inline:
+                _remove_quietly(ws.services.store, self._writer.storage_key)
             ws.record_transfer("upload", self.path, status="failed", nbytes=self.size, started=self._started)
             raise
         self.state = "committed"
-        self._after_commit(replaced, prints.cipher_size)
+        self._after_commit(replaced, prints.cipher_size, inline)
         return entry
 
     def abort(self, reason: str = "aborted") -> None:
@@ -467,7 +474,7 @@ class Upload:
         self.workspace.record_transfer("upload", self.path, status="failed", nbytes=self.size,
                                        started=self._started, detail=reason)
 
-    def _commit_version(self, session: Session, prints) -> tuple[Entry, bool]:
+    def _commit_version(self, session: Session, prints, *, stored: bool) -> tuple[Entry, bool]:
         ws = self.workspace
         keys = ws._keys(session)
         index = keys.index(f"node:{self._parent_id}", self.name)
@@ -491,7 +498,8 @@ class Upload:
             id=self._writer.version_id, node_id=node.id, account_id=ws.me.account_id,
             storage_key=self._writer.storage_key, size=prints.size, md5=prints.md5, sha256=prints.sha256,
             cipher_size=prints.cipher_size, cipher_sha256=prints.cipher_sha256,
-            wrapped_key=wrapped, key_version=key_version, state="spooled",
+            wrapped_key=wrapped, key_version=key_version, state="stored" if stored else "spooled",
+            stored_at=now if stored else None,
             spool_id=ws.services.settings.spool_id, mtime=self._mtime or now, created_by_id=ws.me.user_id)
         session.add(version)
         session.flush()
@@ -503,12 +511,12 @@ class Upload:
             session.delete(previous)
         return Workspace._node_entry(self.path, node, version, "write", name=self.name), previous is not None
 
-    def _after_commit(self, replaced: bool, cipher_size: int) -> None:
+    def _after_commit(self, replaced: bool, cipher_size: int, inline: bool) -> None:
         services = self.workspace.services
         if replaced:
             jobs.enqueue_purge(services)
-        if services.settings.ingest_mode == "inline":
-            jobs.ingest_version(services, self._writer.version_id)
+        if inline:
+            services.spool.remove(self._writer.storage_key)
         else:
             jobs.enqueue_ingest(services, self._writer.version_id, cipher_size)
 
@@ -547,6 +555,14 @@ class Download:
         self._done = True
         self.workspace.record_transfer("download", self.path, status=status, nbytes=self.sent,
                                        started=self._started, detail=detail)
+
+
+def _remove_quietly(store, storage_key: str) -> None:
+    # Best effort after a failed inline upload; the object's key never reached the database.
+    try:
+        store.remove(storage_key)
+    except SealdropError:
+        pass
 
 
 def _unique_name(name: str, taken: dict) -> str:

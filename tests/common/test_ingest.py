@@ -25,7 +25,7 @@ from rq.job import Job, JobStatus
 from sqlalchemy import select
 
 from common import jobs
-from common.errors import TransientError
+from common.errors import NotFound, TransientError
 from common.models import FileVersion, PendingPurge, Spool
 from common.services import Services
 from common.vfs import Principal, Workspace
@@ -245,6 +245,36 @@ def test_store_outage_keeps_accepting_and_ingest_catches_up(own, workspace, prox
     assert_stored_once(own, version, data)
     assert download(workspace, "/during-outage.bin") == data  # now from the store
     assert jobs.ingest_version(own, version.id) == "already stored"  # idempotent
+
+
+def test_inline_ingest_stores_before_the_reply(own_settings, account):
+    inline = Services(dataclasses.replace(own_settings, ingest_mode="inline"))
+    try:
+        ws = Workspace(inline, Principal(account.admin_id, account.id, account.admin_username, "admin",
+                                         "web", "127.0.0.1"))
+        data = os.urandom(MiB + 5)
+        upload(ws, "/inline.bin", data)
+        version = current_version(inline, ws, "/inline.bin")
+        assert version.state == "stored" and not inline.spool.has(version.storage_key)
+        assert download(ws, "/inline.bin") == data
+        assert_stored_once(inline, version, data)
+    finally:
+        inline.close()
+
+
+def test_inline_ingest_in_an_outage_fails_the_upload_and_leaves_nothing(own_settings, proxy, account):
+    inline = Services(dataclasses.replace(own_settings, ingest_mode="inline"))
+    try:
+        ws = Workspace(inline, Principal(account.admin_id, account.id, account.admin_username, "admin",
+                                         "web", "127.0.0.1"))
+        proxy.cut_all()
+        with pytest.raises(TransientError):
+            upload(ws, "/lost.bin", os.urandom(MiB))
+        with pytest.raises(NotFound):
+            ws.stat("/lost.bin")
+        assert inline.spool.ready_keys() == [] and list(inline.spool.tmp.iterdir()) == []
+    finally:
+        inline.close()
 
 
 # -- a worker killed mid-upload ------------------------------------------------------------
