@@ -49,6 +49,12 @@ def fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+def account_user(session, keyring, account_name: str, username: str):
+    """The account and its user (a user of another account is refused as unknown)."""
+    account = accounts.find_account(session, keyring, account_name)
+    return account, accounts.find_account_user(session, keyring, account, username)
+
+
 def read_secret(value: str) -> str:
     """`-` means: read the secret from standard input (first line), keeping it off argv."""
     if value != "-":
@@ -107,8 +113,7 @@ def verify_audit(session, keyring, account_name):
 @operator_command
 def delete_user(session, keyring, account_name, username):
     """Delete a user and everything they own; they remain as a contact."""
-    account = accounts.find_account(session, keyring, account_name)
-    user = accounts.find_account_user(session, keyring, account, username)
+    account, user = account_user(session, keyring, account_name, username)
     accounts.delete_user(session, keyring, account, user)
     session.commit()
     jobs.enqueue_purge(current_app.extensions["sealdrop"])
@@ -124,8 +129,7 @@ def delete_user(session, keyring, account_name, username):
 @operator_command
 def add_share(session, keyring, account_name, owner_name, folder, to, perm):
     """Share one of OWNER's folders with a user or an email (a contact, who gets a link)."""
-    account = accounts.find_account(session, keyring, account_name)
-    owner = accounts.find_account_user(session, keyring, account, owner_name)
+    account, owner = account_user(session, keyring, account_name, owner_name)
     node = sharing.find_folder(session, keyring, owner, folder)
     share = sharing.share_folder(session, keyring, account, owner, node, to=to, permission=perm)
     session.commit()

@@ -11,16 +11,10 @@ import sys
 import click
 
 from common import accounts, auth, totp
-from portal.cli import fail, operator_command, users_cli
+from portal.cli import account_user, fail, operator_command, users_cli
 
 policy_cli = click.Group("policy", help="Set an account's password and MFA policy.")
 ip_cli = click.Group("ip", help="Manage the IP allow-lists of an account and its users.")
-
-
-def _account_user(session, keyring, account_name: str, username: str):
-    """The user, who must belong to the named account (anything else is refused)."""
-    account = accounts.find_account(session, keyring, account_name)
-    return account, accounts.find_account_user(session, keyring, account, username)
 
 
 def _read_key_file(path: str) -> str:
@@ -43,7 +37,7 @@ def _read_key_file(path: str) -> str:
 @operator_command
 def unlock_user(session, keyring, account_name, username):
     """Lift a user's lockout and clear their failed-login count."""
-    _, user = _account_user(session, keyring, account_name, username)
+    _, user = account_user(session, keyring, account_name, username)
     auth.unlock_user(session, keyring, user)
     click.echo(f"Unlocked user {user.id}.")
 
@@ -55,7 +49,7 @@ def unlock_user(session, keyring, account_name, username):
 @operator_command
 def add_key(session, keyring, account_name, username, key_file):
     """Authorise an OpenSSH public key (a .pub file, or - for stdin) for SFTP."""
-    _, user = _account_user(session, keyring, account_name, username)
+    _, user = account_user(session, keyring, account_name, username)
     key = auth.add_ssh_key(session, keyring, user, _read_key_file(key_file))
     click.echo(f"Added key {key.fingerprint} ({key.key_type}) to user {user.id}.")
 
@@ -66,7 +60,7 @@ def add_key(session, keyring, account_name, username, key_file):
 @operator_command
 def mfa_enrol(session, keyring, account_name, username):
     """Enrol a user in TOTP and print the otpauth URI once (it replaces any earlier secret)."""
-    _, user = _account_user(session, keyring, account_name, username)
+    _, user = account_user(session, keyring, account_name, username)
     click.echo(totp.enrol_totp(session, keyring, user))
 
 
@@ -77,7 +71,7 @@ def mfa_enrol(session, keyring, account_name, username):
 @operator_command
 def app_password(session, keyring, account_name, username, label):
     """Create an FTPS app password and print it once."""
-    _, user = _account_user(session, keyring, account_name, username)
+    _, user = account_user(session, keyring, account_name, username)
     click.echo(auth.create_app_password(session, keyring, user, label))
 
 
@@ -88,7 +82,7 @@ def app_password(session, keyring, account_name, username, label):
 @operator_command
 def mfa_exempt(session, keyring, account_name, username, lift):
     """Exempt a named service user from the account's MFA requirement (audited)."""
-    _, user = _account_user(session, keyring, account_name, username)
+    _, user = account_user(session, keyring, account_name, username)
     auth.set_mfa_exempt(session, keyring, user, not lift)
     click.echo(f"User {user.id} is {'no longer ' if lift else ''}exempt from MFA.")
 

@@ -178,6 +178,15 @@ def make_user(services):
     return make
 
 
+def assert_one_line_error(result, *fragments) -> None:
+    """A CLI failure (click test runner result) is one `Error:` line and a non-zero exit."""
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
 def tool(name: str) -> str:
     """A third-party client the tests drive; a missing one fails the test (.ci/run installs them)."""
     path = shutil.which(name)

@@ -9,7 +9,7 @@ from common import auth
 from common.errors import LockedOut
 from common.models import IpRule, PasswordPolicy, User
 from tests.common.test_auth import login, new_ed25519_line, random_ip, refused, require_mfa
-from tests.fixtures import STRONG_PASSWORD
+from tests.fixtures import STRONG_PASSWORD, assert_one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +30,6 @@ def run(app, *args, input=None):
         return app.test_cli_runner().invoke(args=[str(a) for a in args], input=input)
 
 
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def lock(services, username):

@@ -12,7 +12,7 @@ from common.models import FileVersion
 from tests.common.test_rotation import (
     NEW_KEY, _file_key_versions, _rows_of, make_account_with_files, master_kids, read_all,
 )
-from tests.fixtures import TEST_MASTER_KEYS
+from tests.fixtures import TEST_MASTER_KEYS, assert_one_line_error
 
 
 def make_cli_app(settings):
@@ -36,12 +36,6 @@ def run(app, *args):
         return app.test_cli_runner().invoke(args=[str(a) for a in args])
 
 
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_accounts_delete_removes_everything_of_that_account_only(cli_app):
