@@ -5,8 +5,11 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from sqlalchemy import MetaData, create_engine
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from common.errors import AlreadyExists, TransientError
 
 # Stable constraint names, so Alembic autogenerate and downgrades are deterministic.
 NAMING_CONVENTION = {
@@ -41,14 +44,32 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session committed on success and rolled back on any exception."""
+        """A session committed on success and rolled back on any exception.
+
+        Database failures leave in the shared vocabulary: a lost connection is transient, and a
+        unique-constraint race (two creates of one name at once) is AlreadyExists.
+        """
         with self.sessionmaker() as session:
             try:
                 yield session
                 session.commit()
-            except BaseException:
+            except BaseException as exc:
                 session.rollback()
-                raise
+                translated = _translated(exc)
+                if translated is exc:
+                    raise
+                raise translated from exc
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+UNIQUE_VIOLATION = "23505"
+
+
+def _translated(exc: BaseException) -> BaseException:
+    if isinstance(exc, sa_exc.IntegrityError) and getattr(exc.orig, "sqlstate", None) == UNIQUE_VIOLATION:
+        return AlreadyExists()
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+        return TransientError("The database is not reachable; try again in a moment")
+    return exc

@@ -100,3 +100,37 @@ def test_a_bucket_with_versioning_is_refused(services, settings):
             store.ensure_bucket()
     finally:
         store.client.remove_bucket(store.bucket)
+
+
+def test_two_creates_of_one_name_at_once_give_one_folder_and_one_clear_error(workspace):
+    import threading
+    from common.errors import AlreadyExists
+    outcomes, barrier = [], threading.Barrier(6)
+
+    def make():
+        barrier.wait()
+        try:
+            workspace.make_dir("/race")
+            outcomes.append("ok")
+        except AlreadyExists:
+            outcomes.append("exists")
+
+    threads = [threading.Thread(target=make) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["exists"] * 5 + ["ok"]
+
+
+def test_a_database_outage_is_a_transient_error(services, account):
+    import dataclasses
+    from common.errors import TransientError
+    from common.services import Services
+    from sqlalchemy.engine import make_url
+    url = make_url(services.settings.database_url).set(port=1)  # nothing listens there
+    broken = Services(dataclasses.replace(services.settings, database_url=url.render_as_string(False)))
+    ws = Workspace(broken, Principal(account.admin_id, account.id, account.admin_username, "admin", "sftp"))
+    with pytest.raises(TransientError):
+        ws.list_dir("/")
+    broken.close()
