@@ -12,10 +12,10 @@ from datetime import datetime, timezone
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from common import audit, passwords, paths
+from common import audit, passwords, paths, vfs
 from common.crypto import DataKeys, Keyring
 from common.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
-from common.models import TIERS, Account, Contact, FileVersion, Node, PasswordPolicy, PendingPurge, User
+from common.models import TIERS, Account, Contact, FileVersion, Node, PasswordPolicy, User
 
 ACCOUNT_NAME_MAX = 64
 AUDIT_FOLDER_NAME = "Audit Logs"
@@ -113,10 +113,9 @@ def delete_user(session: Session, keyring: Keyring, account: Account, user: User
         raise PermissionDenied("An account needs at least one admin; make another user admin first.")
     keys = keyring.account(session, account.id)
     email = keys.open_text(user.email_sealed, "email")
-    for storage_key, spool_id in session.execute(
-            select(FileVersion.storage_key, FileVersion.spool_id)
-            .join(Node, Node.id == FileVersion.node_id).where(Node.owner_id == user.id)):
-        session.add(PendingPurge(storage_key=storage_key, spool_id=spool_id))
+    for version in session.scalars(
+            select(FileVersion).join(Node, Node.id == FileVersion.node_id).where(Node.owner_id == user.id)):
+        session.add(vfs.purge_record(version))
     if session.scalar(select(Contact.id).where(Contact.account_id == account.id,
                                                Contact.email_index == user.email_index)) is None:
         session.add(Contact(account_id=account.id, email_sealed=keys.seal_text(email, "email"),

@@ -46,7 +46,10 @@ class ContentWriter:
         if self._state != "open":
             raise ValueError("write to a closed upload")
         if data:
-            self._handle.write(self._encryptor.update(data))
+            try:
+                self._handle.write(self._encryptor.update(data))
+            except OSError as exc:  # a full or failing spool volume
+                raise TransientError("The spool cannot take more data now; try again later") from exc
         return len(data)
 
     @property
@@ -57,8 +60,11 @@ class ContentWriter:
         """Seal the last chunk and make the ciphertext durable under its storage key."""
         if self._state != "open":
             raise ValueError("upload already finished")
-        self._handle.write(self._encryptor.finalize())
-        self.spool.publish(self._temp, self._handle, self.storage_key)
+        try:
+            self._handle.write(self._encryptor.finalize())
+        except OSError as exc:
+            raise TransientError("The spool cannot take more data now; try again later") from exc
+        self.spool.publish(self._temp, self._handle, self.storage_key, self._encryptor.cipher_size)
         self._state = "published"
         enc = self._encryptor
         return Fingerprints(enc.plain_size, enc.md5, enc.sha256, enc.cipher_size, enc.cipher_sha256)

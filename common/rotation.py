@@ -135,10 +135,11 @@ def delete_account(services: Services, account_id: int) -> DeletionReport:
         # Record the ciphertext to erase before the rows that name it disappear.
         queued = session.execute(text("""
             INSERT INTO pending_purges (storage_key, spool_id)
-            SELECT storage_key, spool_id FROM file_versions WHERE account_id = :account
+            SELECT storage_key, CASE WHEN state = 'stored' THEN NULL ELSE spool_id END
+            FROM file_versions WHERE account_id = :account
         """), {"account": account_id}).rowcount
         spools = set(session.scalars(select(FileVersion.spool_id).where(
-            FileVersion.account_id == account_id).distinct()))
+            FileVersion.account_id == account_id, FileVersion.state == "spooled").distinct()))
         # The FKs cascade: users, nodes, versions, keys (the shredding), shares, audit events.
         session.execute(delete(Account).where(Account.id == account_id))
         audit.record(session, services.keyring, audit.Event(

@@ -54,13 +54,19 @@ class Spool:
         self.ensure()
         path = self.tmp / secrets.token_hex(16)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        return path, os.fdopen(fd, "wb", buffering=0)
+        return path, os.fdopen(fd, "wb")  # buffered: a write either completes or raises
 
-    def publish(self, temp: Path, handle: BinaryIO, storage_key: str) -> None:
-        """Make a finished temp file durable under its storage key (fsync, rename, fsync dir)."""
+    def publish(self, temp: Path, handle: BinaryIO, storage_key: str, expected_size: int) -> None:
+        """Make a finished temp file durable under its storage key (fsync, rename, fsync dir).
+
+        The size is checked after the fsync, so a full volume can never publish a short file.
+        """
         handle.flush()
         os.fsync(handle.fileno())
+        written = os.fstat(handle.fileno()).st_size
         handle.close()
+        if written != expected_size:
+            raise TransientError("The spool could not hold the whole file; try again later")
         os.replace(temp, self.path(storage_key))
         _fsync_dir(self.ready)
 

@@ -31,6 +31,7 @@ from common.services import Services
 from common.storage import upload_verified
 
 SHARED = "Shared"
+TREE_LOCK_SPACE = 0x5EA1  # first key of the per-account advisory lock on moves and deletions
 AUDIT_LOGS = "Audit Logs"
 RESERVED_ROOT_NAMES = (SHARED, AUDIT_LOGS)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -130,7 +131,7 @@ class Workspace:
                     raise NotAFolder()
                 entries = self._children(session, place)
                 if place.path == "/":
-                    entries += self._root_extras()
+                    entries += self._root_extras(self._user(session))
         return sorted(entries, key=lambda e: e.name)
 
     def fingerprint(self, path: str) -> Entry:
@@ -162,18 +163,21 @@ class Workspace:
     def remove(self, path: str, *, recursive: bool = True) -> None:
         """Delete a file or folder permanently: rows and keys now, ciphertext by the purge job."""
         with self._session() as session:
+            self._lock_tree(session)
             place = self._resolve(session, path)
             self._check_changeable(place)
+            _lock_subtree(session, place.node)  # uploads committing below wait, or finish first
             if place.node.kind == "folder" and not recursive and self._has_children(session, place.node):
                 raise NotEmpty()
             self._purge_subtree(session, place.node)
             self._audit(session, "delete", path=place.path)
-        jobs.enqueue_purge(self.services)
+        self._purge_soon()
 
     @_audits_refusals("rename")
     def rename(self, source: str, target: str, *, overwrite: bool = True) -> Entry:
         """Move or rename within one root (metadata only: objects are keyed by id)."""
         with self._session() as session:
+            self._lock_tree(session)  # two crossing moves must not make a cycle
             src = self._resolve(session, source)
             self._check_changeable(src)
             parent, name = self._writable_parent(session, target)
@@ -196,7 +200,7 @@ class Workspace:
             version = session.get(FileVersion, src.node.current_version_id) if src.node.current_version_id else None
             entry = self._node_entry(new_path, src.node, version, parent.permission)
         if existing is not None:
-            jobs.enqueue_purge(self.services)
+            self._purge_soon()
         return entry
 
     @_audits_refusals("set_mtime")
@@ -204,8 +208,7 @@ class Workspace:
         """Keep a client-supplied modification time (FTP MFMT, SFTP setstat)."""
         with self._session() as session:
             place = self._resolve(session, path)
-            if not place.writable:
-                raise PermissionDenied()
+            self._check_changeable(place)
             place.node.mtime = mtime
 
     # -- content ---------------------------------------------------------------------------
@@ -251,19 +254,34 @@ class Workspace:
     def _resolve(self, session: Session, path: str) -> _Place:
         path = paths.normalise(path)
         parts = paths.parts(path)
-        user = session.get(User, self.me.user_id)
-        if user is None or user.account_id != self.me.account_id or user.status != "active":
-            raise PermissionDenied()
+        user = self._user(session)
         if parts[:1] == (SHARED,):
             return self._resolve_shared(session, parts)
         if parts[:1] == (AUDIT_LOGS,):
-            if not self.me.is_admin:
+            if not user.is_admin:
                 raise NotFound()
             account = session.get(Account, self.me.account_id)
             root = _Place("/" + AUDIT_LOGS, session.get(Node, account.audit_folder_id), "read")
             return self._walk(session, root, parts[1:])
         home = _Place("/", session.get(Node, user.home_folder_id), "write")
         return self._walk(session, home, parts)
+
+    def _user(self, session: Session) -> User:
+        """The caller as the database knows them now (disabled, moved or demoted users lose access)."""
+        user = session.get(User, self.me.user_id)
+        if user is None or user.account_id != self.me.account_id or user.status != "active":
+            raise PermissionDenied()
+        return user
+
+    def _lock_tree(self, session: Session) -> None:
+        """Serialise moves and deletions within the account (transaction-scoped)."""
+        session.execute(select(func.pg_advisory_xact_lock((TREE_LOCK_SPACE << 40) + self.me.account_id)))
+
+    def _purge_soon(self) -> None:
+        if self.services.settings.ingest_mode == "inline":
+            jobs.purge_pending(self.services)  # no worker serves this host's spool queue
+        else:
+            jobs.enqueue_purge(self.services)
 
     def _resolve_shared(self, session: Session, parts: tuple[str, ...]) -> _Place:
         owners = self._shared_with_me(session)
@@ -349,9 +367,10 @@ class Workspace:
                 for node, version in rows
                 for name in [keys.open_text(node.name_sealed, "node-name")]]
 
-    def _root_extras(self) -> list[Entry]:
+    @staticmethod
+    def _root_extras(user: User) -> list[Entry]:
         extras = [Entry(SHARED, "/" + SHARED, "folder")]
-        if self.me.is_admin:
+        if user.is_admin:
             extras.append(Entry(AUDIT_LOGS, "/" + AUDIT_LOGS, "folder"))
         return extras
 
@@ -375,7 +394,8 @@ class Workspace:
             WITH RECURSIVE tree(id) AS (
                 SELECT id FROM nodes WHERE id = :root
                 UNION ALL SELECT n.id FROM nodes n JOIN tree t ON n.parent_id = t.id)
-            SELECT v.storage_key, v.spool_id FROM file_versions v JOIN tree t ON v.node_id = t.id
+            SELECT v.storage_key, CASE WHEN v.state = 'stored' THEN NULL ELSE v.spool_id END
+            FROM file_versions v JOIN tree t ON v.node_id = t.id
         """), {"root": node.id}).all()
         for storage_key, spool_id in versions:
             session.add(PendingPurge(storage_key=storage_key, spool_id=spool_id))
@@ -479,6 +499,10 @@ class Upload:
         keys = ws._keys(session)
         index = keys.index(f"node:{self._parent_id}", self.name)
         now = datetime.now(timezone.utc)
+        # The grant is checked again at commit: a share revoked or a user disabled meanwhile wins.
+        place, _ = ws._writable_parent(session, self.path)
+        if place.node.id != self._parent_id:
+            raise NotFound("The folder changed during the upload")
         parent = session.get(Node, self._parent_id, with_for_update=True)
         if parent is None:
             raise NotFound("The folder was deleted during the upload")
@@ -507,14 +531,14 @@ class Upload:
         node.current_version_id, node.mtime = version.id, self._mtime or now
         if previous is not None:
             # Last commit wins: the replaced version's key goes now, its ciphertext soon.
-            session.add(PendingPurge(storage_key=previous.storage_key, spool_id=previous.spool_id))
+            session.add(purge_record(previous))
             session.delete(previous)
         return Workspace._node_entry(self.path, node, version, "write", name=self.name), previous is not None
 
     def _after_commit(self, replaced: bool, cipher_size: int, inline: bool) -> None:
         services = self.workspace.services
         if replaced:
-            jobs.enqueue_purge(services)
+            self.workspace._purge_soon()
         if inline:
             services.spool.remove(self._writer.storage_key)
         else:
@@ -555,6 +579,19 @@ class Download:
         self._done = True
         self.workspace.record_transfer("download", self.path, status=status, nbytes=self.sent,
                                        started=self._started, detail=detail)
+
+
+def purge_record(version: FileVersion) -> PendingPurge:
+    """The erasure to do for a version: a stored one is in the bucket, which any host can clean."""
+    return PendingPurge(storage_key=version.storage_key,
+                        spool_id=None if version.state == "stored" else version.spool_id)
+
+
+def _lock_subtree(session: Session, node: Node) -> None:
+    session.execute(text("""
+        WITH RECURSIVE tree(id) AS (
+            SELECT CAST(:root AS bigint) UNION ALL SELECT n.id FROM nodes n JOIN tree t ON n.parent_id = t.id)
+        SELECT id FROM nodes WHERE id IN (SELECT id FROM tree) FOR UPDATE"""), {"root": node.id})
 
 
 def _remove_quietly(store, storage_key: str) -> None:

@@ -211,13 +211,23 @@ class ServicePool:
 
 
 def _pool() -> ServicePool:
-    return ServicePool(SERVICES_DIR, ports_for_tests())
+    return ServicePool(services_dir(), ports_for_tests())
+
+
+def services_dir() -> Path:
+    """Where the test services keep their data and pid files: one folder per port set."""
+    offset = _port_offset()
+    return SERVICES_DIR if offset == 0 else SERVICES_DIR.with_name(f"test-services-{offset}")
+
+
+def _port_offset() -> int:
+    return int(os.environ.get("SEALDROP_TEST_PORT_OFFSET", "0"))
 
 
 def ports_for_tests() -> services.Ports:
     """The test services' ports; a second checkout on the same machine shifts them with
     SEALDROP_TEST_PORT_OFFSET (e.g. 100), so the two never meet."""
-    offset = int(os.environ.get("SEALDROP_TEST_PORT_OFFSET", "0"))
+    offset = _port_offset()
     base = services.TEST_PORTS
     return services.Ports(postgres=base.postgres + offset, valkey=base.valkey + offset,
                           s3=base.s3 + offset)

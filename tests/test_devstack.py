@@ -99,7 +99,7 @@ def test_the_run_has_its_own_bucket_name(backing_env):
 
 @embedded_only
 def test_embedded_services_listen_on_loopback_only(backing_env):
-    layout = Layout(backing.SERVICES_DIR.resolve())
+    layout = Layout(backing.services_dir().resolve())
     pids = {"postgres": _postmaster_pid(layout), "valkey": _recorded_pid(layout, "valkey"),
             "seaweedfs": _recorded_pid(layout, "seaweedfs")}
     assert all(pids.values()), pids

@@ -32,7 +32,8 @@ from paramiko.common import (
 from paramiko.message import Message
 from paramiko.server import InteractiveQuery
 from paramiko.sftp import (
-    CMD_CLOSE, CMD_EXTENDED, CMD_EXTENDED_REPLY, CMD_FSETSTAT, CMD_INIT, CMD_NAMES, CMD_VERSION,
+    CMD_CLOSE, CMD_EXTENDED, CMD_EXTENDED_REPLY, CMD_FSETSTAT, CMD_INIT, CMD_NAMES, CMD_OPEN,
+    CMD_OPENDIR, CMD_VERSION,
     SFTP_BAD_MESSAGE, SFTP_FAILURE, SFTP_OK, SFTPError,
 )
 from paramiko.sftp_attr import SFTPAttributes
@@ -83,6 +84,8 @@ MAX_SESSION_CHANNELS = 16
 # Pipelining clients (rclone's concurrent writes) deliver WRITEs slightly out of order.
 REORDER_WINDOW_BYTES = 8 * 1024 * 1024
 REORDER_WINDOW_PIECES = 256
+# Early writes held in memory across every handle of one connection: the reordering bound.
+SESSION_REORDER_BYTES = 16 * 1024 * 1024
 # A read slightly behind or ahead of the stream is served from memory, not by re-decrypting.
 READ_KEEP_BYTES = 2 * 1024 * 1024
 READ_SKIP_BYTES = 2 * 1024 * 1024
@@ -152,6 +155,8 @@ class SshSession(paramiko.ServerInterface):
         self.must_disconnect = False
         self.last_activity = time.monotonic()
         self.busy = 0
+        self.reorder_bytes = 0  # early writes held by all this connection's upload handles
+        self.lock = threading.Lock()
         self.subsystems: list[threading.Thread] = []
         self._first: auth.AuthResult | None = None  # a first factor awaiting its TOTP code
         self._username: str | None = None
@@ -463,26 +468,37 @@ class UploadHandle(paramiko.SFTPHandle):
 
     def _accept(self, offset: int, data: bytes) -> None:
         ahead = offset - self._next
-        if ahead < 0 or offset in self._pending or ahead > REORDER_WINDOW_BYTES \
-                or len(self._pending) >= REORDER_WINDOW_PIECES:
+        session = self.sftp.session
+        if ahead < 0 or offset in self._pending or ahead + len(data) > REORDER_WINDOW_BYTES \
+                or len(self._pending) >= REORDER_WINDOW_PIECES \
+                or session.reorder_bytes + len(data) > SESSION_REORDER_BYTES:
             raise Unsupported("Writes must be sequential: random-offset writes are not supported")
         if ahead > 0:
             self._pending[offset] = data
-            self._pending_bytes += len(data)
+            self._hold(len(data))
             return
         self._append(data)
         while self._next in self._pending:
             piece = self._pending.pop(self._next)
-            self._pending_bytes -= len(piece)
+            self._hold(-len(piece))
             self._append(piece)
+
+    def _hold(self, delta: int) -> None:
+        self._pending_bytes += delta
+        with self.sftp.session.lock:
+            self.sftp.session.reorder_bytes += delta
 
     def _append(self, data: bytes) -> None:
         self.upload.write(data)
         self._next += len(data)
 
+    def _drop_pending(self) -> None:
+        self._hold(-self._pending_bytes)
+        self._pending.clear()
+
     def _fail(self, exc: SealdropError):
         self._error = exc
-        self._pending.clear()
+        self._drop_pending()
         self.upload.abort(exc.code)
         raise exc
 
@@ -503,6 +519,7 @@ class UploadHandle(paramiko.SFTPHandle):
     def end_session(self):
         self._closed = True
         self.sftp.handles.discard(self)
+        self._drop_pending()
         self.upload.abort("session ended")
 
     def stat(self):
@@ -685,6 +702,8 @@ class WorkspaceSFTPServer(SFTPServer):
     def _process(self, t, request_number, msg):
         if t not in CMD_NAMES:
             raise Unsupported("Unknown request type")
+        if t in (CMD_OPEN, CMD_OPENDIR) and len(self.file_table) + len(self.folder_table) >= MAX_HANDLES:
+            raise SealdropError("Too many open files and folders in this session; close some first")
         if t == CMD_CLOSE:
             self._close(request_number, msg.get_binary())
         elif t == CMD_FSETSTAT:

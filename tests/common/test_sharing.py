@@ -196,3 +196,34 @@ def test_a_contact_gets_a_mailed_link_that_only_exists_in_the_mail(services, tea
         link = session.scalar(select(ShareLink).where(ShareLink.share_id == share_id))
         assert link.token_hash == sharing.link_token_hash(token) and link.permission == "write"
         assert token.encode() not in link.token_hash
+
+
+def test_a_write_grant_revoked_during_an_upload_stops_its_commit(services, team):
+    account, owner, owner_ws, guest, guest_ws, _ = team
+    share_id = share(services, account, owner, "/projects", guest, "write")
+    up = guest_ws.open_write(f"/Shared/{owner}/projects/planted.bin")
+    up.write(b"payload")
+    with services.db.session() as session:
+        session.delete(session.get(Share, share_id))
+    with pytest.raises((NotFound, PermissionDenied)):
+        up.commit()
+    assert "planted.bin" not in [e.name for e in owner_ws.list_dir("/projects")]
+
+
+def test_the_shared_folder_itself_keeps_its_metadata(services, team):
+    from datetime import datetime, timezone
+    account, owner, owner_ws, guest, guest_ws, _ = team
+    share(services, account, owner, "/projects", guest, "write")
+    with pytest.raises(PermissionDenied):
+        guest_ws.set_mtime(f"/Shared/{owner}/projects", datetime(2001, 1, 1, tzinfo=timezone.utc))
+
+
+def test_a_demoted_admin_loses_the_audit_logs_at_once(services, make_account):
+    account = make_account()
+    ws = Workspace(services, principal(account, account.admin_id, account.admin_username, "admin"))
+    assert "Audit Logs" in [e.name for e in ws.list_dir("/")]
+    with services.db.session() as session:
+        session.get(User, account.admin_id).role = "user"
+    assert "Audit Logs" not in [e.name for e in ws.list_dir("/")]
+    with pytest.raises(NotFound):
+        ws.list_dir("/Audit Logs")

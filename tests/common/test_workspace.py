@@ -134,3 +134,79 @@ def test_a_database_outage_is_a_transient_error(services, account):
     with pytest.raises(TransientError):
         ws.list_dir("/")
     broken.close()
+
+
+def test_a_full_spool_fails_the_upload_and_publishes_nothing(workspace, services):
+    """A write cut short (here by RLIMIT_FSIZE, as ENOSPC would) never becomes a durable file."""
+    import resource
+    import signal
+    from common.errors import TransientError
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    ready_before = set(services.spool.ready_keys())
+    up = workspace.open_write("/too-big.bin")
+    resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, old_limit[1]))
+    try:
+        with pytest.raises(TransientError):
+            up.write(os.urandom(500_000))
+            up.commit()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    up.abort()
+    with pytest.raises(NotFound):
+        workspace.stat("/too-big.bin")
+    assert set(services.spool.ready_keys()) == ready_before
+
+
+def _concurrently(*calls):
+    import threading
+    results, barrier = {}, threading.Barrier(len(calls))
+
+    def run(i, call):
+        barrier.wait()
+        try:
+            results[i] = ("ok", call())
+        except Exception as exc:  # noqa: BLE001 (the outcome is what the test compares)
+            results[i] = ("error", exc)
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [results[i] for i in range(len(calls))]
+
+
+def test_crossing_moves_never_make_a_cycle(workspace, services):
+    from sqlalchemy import text
+    for round_no in range(8):
+        a, b = f"/a{round_no}", f"/b{round_no}"
+        workspace.make_dir(a)
+        workspace.make_dir(b)
+        _concurrently(lambda: workspace.rename(a, f"{b}/x"), lambda: workspace.rename(b, f"{a}/y"))
+        names = {e.name for e in workspace.list_dir("/")}
+        assert len({a[1:], b[1:]} & names) == 1  # exactly one moved into the other
+    with services.db.session() as session:
+        cyclic = session.execute(text("""
+            WITH RECURSIVE up(id, parent_id, depth) AS (
+                SELECT id, parent_id, 0 FROM nodes WHERE account_id = :a
+                UNION ALL SELECT u.id, n.parent_id, u.depth + 1 FROM up u JOIN nodes n ON n.id = u.parent_id
+                WHERE u.depth < 100)
+            SELECT count(*) FROM up WHERE depth >= 100"""), {"a": workspace.me.account_id}).scalar()
+    assert cyclic == 0
+
+
+def test_removing_an_empty_folder_never_takes_an_acknowledged_upload(workspace):
+    from common.errors import NotEmpty
+    for round_no in range(10):
+        folder = f"/r{round_no}"
+        workspace.make_dir(folder)
+        up = workspace.open_write(f"{folder}/f.bin")
+        up.write(b"acknowledged")
+        (commit, _), (removal, removal_error) = _concurrently(up.commit, lambda: workspace.remove(folder, recursive=False))
+        if commit == "ok":
+            assert removal == "error" and isinstance(removal_error, NotEmpty)
+            assert download(workspace, f"{folder}/f.bin") == b"acknowledged"
+        else:
+            assert removal == "ok"

@@ -22,7 +22,7 @@ import paramiko
 import pyotp
 import pytest
 from paramiko.sftp import (
-    CMD_EXTENDED, CMD_HANDLE, CMD_INIT, CMD_OPEN, CMD_READ, CMD_STATUS, CMD_VERSION,
+    CMD_EXTENDED, CMD_HANDLE, CMD_INIT, CMD_OPEN, CMD_OPENDIR, CMD_READ, CMD_STATUS, CMD_VERSION,
     CMD_WRITE, SFTP_BAD_MESSAGE, SFTP_FAILURE, SFTP_OP_UNSUPPORTED, int64,
 )
 from sqlalchemy import select
@@ -189,6 +189,32 @@ def test_out_of_order_writes_within_the_window_are_reordered(login, services, ac
         login._request(CMD_WRITE, handle.handle, int64(index * 32 * 1024), pieces[index])
     close_checked(login, handle)
     assert workspace(services, account).stat("/o.bin").sha256 == hashlib.sha256(b"".join(pieces)).digest()
+
+
+def test_early_writes_held_in_memory_are_bounded(login, services, account):
+    from transfer.sftp import SESSION_REORDER_BYTES
+    piece = os.urandom(256 * 1024)
+    handles = [login.open(f"/hog{i}.bin", "wb") for i in range(4)]
+    refused = 0
+    for h_index, handle in enumerate(handles):
+        for offset in range(1, 25):  # never offset 0: every piece waits for a gap that never fills
+            try:
+                login._request(CMD_WRITE, handle.handle, int64(offset * len(piece)), piece)
+            except SftpStatus as exc:
+                assert exc.code == SFTP_OP_UNSUPPORTED
+                refused += 1
+                break
+    held = 4 * 24 * len(piece)
+    assert held > SESSION_REORDER_BYTES and refused > 0
+
+
+def test_open_handles_are_capped_per_session(login):
+    from transfer.sftp import MAX_HANDLES
+    opened = []
+    with pytest.raises(SftpStatus):
+        for _ in range(MAX_HANDLES + 1):
+            opened.append(login._request(CMD_OPENDIR, "/"))
+    assert len(opened) == MAX_HANDLES
 
 
 def test_random_offset_writes_and_appends_are_unsupported(login, services, account):
