@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
@@ -29,6 +30,7 @@ from common.errors import ConfigError, IntegrityFailure
 from common.models import WrappedKey
 
 SEAL_VERSION = b"\x01"
+CACHE_SECONDS = 300
 NONCE_BYTES = 12
 
 
@@ -126,7 +128,7 @@ class Keyring:
 
     def __init__(self, master: MasterKeyRing):
         self.master = master
-        self._cache: dict[tuple[int | None, str, int], bytes] = {}
+        self._cache: dict[tuple[int | None, str, int], tuple[bytes, float]] = {}
         self._lock = threading.Lock()
 
     # -- the service key -------------------------------------------------------------------
@@ -218,12 +220,15 @@ class Keyring:
         session.execute(statement)
 
     def _unwrap(self, row: WrappedKey) -> bytes:
-        slot = (row.account_id, row.purpose, row.version)
+        # Callers always read the row first, so a destroyed key is never served from here;
+        # entries also expire, so a deleted account's keys do not linger in a long-lived process.
+        slot, now = (row.account_id, row.purpose, row.version), time.monotonic()
         with self._lock:
             cached = self._cache.get(slot)
-        if cached is None:
-            cached = self.master.unwrap(row.master_kid, row.wrapped,
-                                        wrapped_key_aad(row.account_id, row.purpose, row.version))
+        if cached is None or cached[1] < now:
+            key = self.master.unwrap(row.master_kid, row.wrapped,
+                                     wrapped_key_aad(row.account_id, row.purpose, row.version))
             with self._lock:
-                self._cache[slot] = cached
-        return cached
+                self._cache = {s: c for s, c in self._cache.items() if c[1] >= now}
+                self._cache[slot] = cached = (key, now + CACHE_SECONDS)
+        return cached[0]

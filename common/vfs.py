@@ -229,17 +229,24 @@ class Workspace:
     @_audits_refusals("download")
     def open_read(self, path: str, offset: int = 0, length: int | None = None) -> "Download":
         """Stream a file's plaintext from `offset`; a whole read re-proves its fingerprints."""
-        with self._session() as session:
-            place = self._resolve(session, path)
-            if place.virtual or place.node.kind == "folder":
-                raise IsAFolder()
-            version = session.get(FileVersion, place.node.current_version_id)
-            if version is None:
-                raise NotFound()
-            file_key = self.services.keyring.unwrap_file_key(
-                session, self.me.account_id, version.wrapped_key, version.key_version, version.id.bytes)
-            content = StoredContent(version.id, version.storage_key, version.size, version.md5,
-                                    version.sha256, version.state, version.spool_id)
+        for attempt in (1, 2):
+            with self._session() as session:
+                place = self._resolve(session, path)
+                if place.virtual or place.node.kind == "folder":
+                    raise IsAFolder()
+                version = session.get(FileVersion, place.node.current_version_id)
+                if version is None:
+                    raise NotFound()
+                try:
+                    file_key = self.services.keyring.unwrap_file_key(
+                        session, self.me.account_id, version.wrapped_key, version.key_version, version.id.bytes)
+                except IntegrityFailure:
+                    if attempt == 2:
+                        raise
+                    continue  # a key rotation re-wrapped this file between our two reads: read again
+                content = StoredContent(version.id, version.storage_key, version.size, version.md5,
+                                        version.sha256, version.state, version.spool_id)
+                break
         reader = ContentReader(content, file_key, self.services.spool, self.services.store,
                                refresh_state=lambda: self._version_state(content.version_id))
         return Download(self, place.path, content.size, reader.read(offset, length), offset)
