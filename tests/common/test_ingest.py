@@ -420,3 +420,25 @@ def test_clock_fans_the_sweeper_out_to_every_known_spool(fresh_settings, test_en
     finally:
         _clear_queue(svc)
         svc.close()
+
+
+def test_the_procfile_worker_serves_this_hosts_queue_and_stops_on_sigterm(own, workspace, test_env):
+    """`python -m common.worker` (the Procfile's worker) ingests from ingest.<SPOOL_ID>."""
+    data = os.urandom(MiB)
+    upload(workspace, "/by-worker.bin", data)
+    version = current_version(own, workspace, "/by-worker.bin")
+    env = {**os.environ, **test_env, "SPOOL_ID": own.settings.spool_id,
+           "SPOOL_DIR": str(own.settings.spool_dir), "S3_ENDPOINT": own.settings.s3_endpoint,
+           "PYTHONPATH": str(REPO_ROOT)}
+    worker = subprocess.Popen([sys.executable, "-m", "common.worker"], cwd=REPO_ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: current_version(own, workspace, "/by-worker.bin").state == "stored", timeout=60)
+        assert_stored_once(own, version, data)
+        assert str(own.settings.redis_url) not in Path(f"/proc/{worker.pid}/cmdline").read_text()
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        output, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 0, output.decode(errors="replace")[-2000:]
+    with own.db.session() as session:
+        assert session.get(Spool, own.settings.spool_id) is not None  # registered for the sweeps
