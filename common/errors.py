@@ -190,6 +190,13 @@ class TransientError(SealdropError):
     exit_code = EX_TEMPFAIL
 
 
+class FileReplaced(TransientError):
+    """The file got new content while a client was reading it in pieces; nothing was mixed."""
+
+    code = "file_replaced"
+    default_message = "The file was replaced while it was being read; open it again"
+
+
 class AuthFailed(SealdropError):
     """The login was refused; the same reply whatever the reason."""
 

@@ -24,7 +24,7 @@ from common.content import ContentReader, ContentWriter, StoredContent
 from common.crypto import DataKeys, random_key
 from common.errors import (
     AlreadyExists, IntegrityFailure, InvalidName, IsAFolder, NotAFolder, NotEmpty, NotFound,
-    PermissionDenied, SealdropError, Unsupported,
+    FileReplaced, PermissionDenied, SealdropError, Unsupported,
 )
 from common.models import Account, FileVersion, Node, PendingPurge, Share, User
 from common.services import Services
@@ -52,6 +52,12 @@ class Principal:
     def is_admin(self) -> bool:
         return self.role == "admin"
 
+    @classmethod
+    def from_login(cls, result) -> "Principal":
+        """The principal of a completed `common.auth` login (an AuthResult)."""
+        return cls(result.user_id, result.account_id, result.username, result.role, result.protocol,
+                   result.ip)
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -65,6 +71,7 @@ class Entry:
     writable: bool = False
     md5: bytes | None = None
     sha256: bytes | None = None
+    version: uuid.UUID | None = None  # a file's current content; pass to open_read to pin it
 
     @property
     def is_folder(self) -> bool:
@@ -81,7 +88,6 @@ class _Place:
     share: Share | None = None  # when under a shared folder
     share_root: bool = False  # the shared folder itself (never renamed or removed)
     virtual: str | None = None  # "shared" or "shared-owner" for the /Shared levels
-    owner_name: str | None = None
     children: dict = field(default_factory=dict)
 
     @property
@@ -227,16 +233,23 @@ class Workspace:
                       writer, file_key, mtime)
 
     @_audits_refusals("download")
-    def open_read(self, path: str, offset: int = 0, length: int | None = None) -> "Download":
-        """Stream a file's plaintext from `offset`; a whole read re-proves its fingerprints."""
+    def open_read(self, path: str, offset: int = 0, length: int | None = None, *,
+                  version: uuid.UUID | None = None) -> "Download":
+        """Stream a file's plaintext from `offset`; a whole read re-proves its fingerprints.
+
+        With `version` (from an Entry), a file replaced since is refused rather than mixed.
+        """
         for attempt in (1, 2):
             with self._session() as session:
                 place = self._resolve(session, path)
                 if place.virtual or place.node.kind == "folder":
                     raise IsAFolder()
-                version = session.get(FileVersion, place.node.current_version_id)
-                if version is None:
+                current = session.get(FileVersion, place.node.current_version_id)
+                if current is None:
                     raise NotFound()
+                if version is not None and current.id != version:
+                    raise FileReplaced()
+                version = current
                 try:
                     file_key = self.services.keyring.unwrap_file_key(
                         session, self.me.account_id, version.wrapped_key, version.key_version, version.id.bytes)
@@ -299,7 +312,7 @@ class Workspace:
             raise NotFound()
         owner_path = paths.join("/" + SHARED, parts[1])
         if len(parts) == 2:
-            return _Place(owner_path, virtual="shared-owner", owner_name=parts[1], children=folders)
+            return _Place(owner_path, virtual="shared-owner", children=folders)
         share = folders.get(parts[2])
         if share is None:
             raise NotFound()
@@ -389,7 +402,7 @@ class Workspace:
             return Entry(name, path, "folder", mtime=node.mtime, writable=permission == "write")
         return Entry(name, path, "file", size=version.size if version else 0, mtime=node.mtime,
                      writable=permission == "write", md5=version.md5 if version else None,
-                     sha256=version.sha256 if version else None)
+                     sha256=version.sha256 if version else None, version=version.id if version else None)
 
     def _has_children(self, session: Session, node: Node) -> bool:
         return session.scalar(select(func.count()).where(Node.parent_id == node.id)) > 0
@@ -462,6 +475,10 @@ class Upload:
     @property
     def size(self) -> int:
         return self._writer.size
+
+    def set_mtime(self, mtime: datetime) -> None:
+        """The modification time to commit with the file (a client may send it before closing)."""
+        self._mtime = mtime
 
     def write(self, data: bytes) -> int:
         return self._writer.write(data)

@@ -663,8 +663,7 @@ class FTPSHandler(TLS_FTPHandler):
             if self.attempted_logins >= self.max_login_attempts:
                 self.close_when_done()
             return
-        self.principal = Principal(result.user_id, result.account_id, result.username, result.role,
-                                   PROTOCOL, result.ip)
+        self.principal = Principal.from_login(result)
         self.handle_auth_success("/", "", self.authorizer.get_msg_login(self.username))
 
     def on_login(self, username):

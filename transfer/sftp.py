@@ -247,8 +247,7 @@ class SshSession(paramiko.ServerInterface):
 
     def _logged_in(self, result: auth.AuthResult) -> int:
         self.result = result
-        self.workspace = Workspace(self.services, Principal(
-            result.user_id, result.account_id, result.username, result.role, PROTOCOL, self.ip))
+        self.workspace = Workspace(self.services, Principal.from_login(result))
         self.logged_in_at = time.monotonic()
         log.info("sftp session %s: user %s of account %s logged in (%s)",
                  self.id, result.user_id, result.account_id, result.method)
@@ -512,9 +511,9 @@ class UploadHandle(paramiko.SFTPHandle):
             raise self._error
         if self._pending:
             self._fail(Unsupported("The upload has gaps: writes must cover the file from the start"))
-        entry = self.upload.commit()
         if self._mtime is not None:
-            self.sftp.ws.set_mtime(entry.path, self._mtime)
+            self.upload.set_mtime(self._mtime)
+        self.upload.commit()
 
     def end_session(self):
         self._closed = True
@@ -574,9 +573,7 @@ class DownloadHandle(paramiko.SFTPHandle):
 
     def _restart(self, offset: int) -> None:
         self._end_stream("ok", "partial read")
-        if self.sftp.ws.stat(self.entry.path).sha256 != self.entry.sha256:
-            raise SealdropError("The file was replaced while it was being read; open it again")
-        self._download = self.sftp.ws.open_read(self.entry.path, offset)
+        self._download = self.sftp.ws.open_read(self.entry.path, offset, version=self.entry.version)
         self._blocks, self._base, self._buffer, self._at_end = iter(self._download), offset, bytearray(), False
 
     def _fill(self, until: int) -> None:

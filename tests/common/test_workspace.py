@@ -210,3 +210,20 @@ def test_removing_an_empty_folder_never_takes_an_acknowledged_upload(workspace):
             assert download(workspace, f"{folder}/f.bin") == b"acknowledged"
         else:
             assert removal == "ok"
+
+
+def test_a_pinned_read_refuses_a_replaced_file_and_an_upload_keeps_its_time(workspace):
+    from datetime import datetime, timezone
+    from common.errors import FileReplaced
+    first = upload(workspace, "/pinned.txt", b"first content")
+    assert download(workspace, "/pinned.txt") == b"first content"
+    assert b"".join(workspace.open_read("/pinned.txt", 6, version=first.version)) == b"content"
+    up = workspace.open_write("/pinned.txt")
+    up.write(b"second")
+    stamp = datetime(2020, 5, 17, 8, 30, tzinfo=timezone.utc)
+    up.set_mtime(stamp)
+    second = up.commit()
+    assert second.version != first.version and second.mtime == stamp
+    assert workspace.stat("/pinned.txt").mtime == stamp
+    with pytest.raises(FileReplaced):
+        workspace.open_read("/pinned.txt", 6, version=first.version)

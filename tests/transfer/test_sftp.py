@@ -204,8 +204,8 @@ def test_early_writes_held_in_memory_are_bounded(login, services, account):
                 assert exc.code == SFTP_OP_UNSUPPORTED
                 refused += 1
                 break
-    held = 4 * 24 * len(piece)
-    assert held > SESSION_REORDER_BYTES and refused > 0
+    assert 4 * 24 * len(piece) > SESSION_REORDER_BYTES  # the test offers more than the budget
+    assert refused > 0
 
 
 def test_open_handles_are_capped_per_session(login):
