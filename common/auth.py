@@ -623,10 +623,7 @@ def add_ip_rule(session: Session, keyring: Keyring, account: Account, cidr: str,
         raise NotFound("No such user in this account.")
     network = parse_cidr(cidr)
     user_id = user.id if user is not None else None
-    exists = session.scalar(select(IpRule.id).where(
-        IpRule.account_id == account.id, IpRule.cidr == network,
-        IpRule.user_id.is_(None) if user_id is None else IpRule.user_id == user_id))
-    if exists is not None:
+    if _find_ip_rule(session, account, network, user_id) is not None:
         raise AlreadyExists("That address or range is already on this allow-list.")
     rule = IpRule(account_id=account.id, user_id=user_id, cidr=network)
     session.add(rule)
@@ -636,14 +633,24 @@ def add_ip_rule(session: Session, keyring: Keyring, account: Account, cidr: str,
     return rule
 
 
-def remove_ip_rule(session: Session, keyring: Keyring, account: Account, rule_id: int, *,
-                   actor: Actor = SYSTEM) -> None:
-    """Remove one allow-list entry of the account, audited."""
-    rule = session.get(IpRule, rule_id)
-    if rule is None or rule.account_id != account.id:
-        raise NotFound("No such allow-list entry.")
+def remove_ip_rule(session: Session, keyring: Keyring, account: Account, cidr: str, *,
+                   user: User | None = None, actor: Actor = SYSTEM) -> None:
+    """Remove an allow-list entry of the account or one of its users, audited."""
+    if user is not None and user.account_id != account.id:
+        raise NotFound("No such user in this account.")
+    user_id = user.id if user is not None else None
+    rule = _find_ip_rule(session, account, parse_cidr(cidr), user_id)
+    if rule is None:
+        raise NotFound("That address or range is not on this allow-list.")
     session.delete(rule)
-    _audit_admin(session, keyring, actor, account.id, f"allow-list entry {rule_id} removed ({rule.cidr})")
+    scope = f"user {user_id}" if user_id else "the account"
+    _audit_admin(session, keyring, actor, account.id, f"allow-list of {scope}: removed {rule.cidr}")
+
+
+def _find_ip_rule(session: Session, account: Account, network: str, user_id: int | None) -> IpRule | None:
+    return session.scalar(select(IpRule).where(
+        IpRule.account_id == account.id, IpRule.cidr == network,
+        IpRule.user_id.is_(None) if user_id is None else IpRule.user_id == user_id))
 
 
 # -- password policy and MFA settings --------------------------------------------------------

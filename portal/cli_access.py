@@ -119,3 +119,16 @@ def allow(session, keyring, account_name, cidr, username):
     rule = auth.add_ip_rule(session, keyring, account, cidr, user=user)
     scope = f"user {user.id}" if user else "the account"
     click.echo(f"Allowed {rule.cidr} for {scope}.")
+
+
+@ip_cli.command("remove")
+@click.argument("account_name", metavar="ACCOUNT")
+@click.argument("cidr", metavar="CIDR")
+@click.option("--user", "username", default=None, help="Remove from this user's list, not the account's.")
+@operator_command
+def remove(session, keyring, account_name, cidr, username):
+    """Take an address or CIDR range off an allow-list (an empty list allows every address)."""
+    account = accounts.find_account(session, keyring, account_name)
+    user = accounts.find_account_user(session, keyring, account, username) if username else None
+    auth.remove_ip_rule(session, keyring, account, cidr, user=user)
+    click.echo(f"Removed {auth.parse_cidr(cidr)} from the allow-list of {'user ' + str(user.id) if user else 'the account'}.")

@@ -180,6 +180,16 @@ def test_ip_allow_for_account_and_user(cli_app, services, make_account, make_use
     refused(lambda: login(services, username, STRONG_PASSWORD, ip=random_ip()))
 
 
+def test_ip_remove_undoes_allow(cli_app, services, make_account, make_user):
+    account = make_account("t2")
+    _, username = make_user(account)
+    assert run(cli_app, "ip", "allow", account.name, "--user", username, "192.0.2.9").exit_code == 0
+    refused(lambda: login(services, username, STRONG_PASSWORD, ip="198.51.100.7"))
+    assert_one_line_error(run(cli_app, "ip", "remove", account.name, "192.0.2.9"), "not on this allow-list")
+    assert run(cli_app, "ip", "remove", account.name, "--user", username, "192.0.2.9").exit_code == 0
+    assert login(services, username, STRONG_PASSWORD, ip="198.51.100.7")  # an empty list allows all
+
+
 @pytest.mark.parametrize("tier,cidr,fragment", [
     ("basic", "192.0.2.0/24", "enterprise plans"),
     ("t2", "192.0.2.1/24", "did you mean"),
