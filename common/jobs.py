@@ -191,8 +191,9 @@ def _mark_stored(services: Services, version_id: uuid.UUID, key: str) -> str:
 
 
 def _forget_ciphertext(services: Services, key: str) -> None:
-    services.spool.remove(key)
+    # The store first: if it is down, the spool file stays as the sign that work is left.
     services.store.remove(key)
+    services.spool.remove(key)
 
 
 # -- purge -------------------------------------------------------------------------------
@@ -333,21 +334,29 @@ def _remove_stale_temps(services: Services) -> int:
 
 
 def _remove_orphans(services: Services) -> int:
-    """Spool files with no version waiting for them and no purge pending (or already stored)."""
+    """Spool files with no version waiting for them and no purge pending (or already stored).
+
+    A key no version names at all is left by an upload whose commit failed (or was never
+    confirmed): in inline mode its object may be in the store too, so both go.
+    """
     cutoff = time.time() - ORPHAN_READY_SECONDS
     old = [k for k in services.spool.ready_keys() if _mtime(services.spool.path(k)) < cutoff]
     removed = 0
     for start in range(0, len(old), 1000):
         keys = old[start:start + 1000]
         with services.db.session() as session:
-            waiting = set(session.scalars(select(FileVersion.storage_key).where(
-                FileVersion.storage_key.in_(keys), FileVersion.state == "spooled")))
+            states = dict(session.execute(select(FileVersion.storage_key, FileVersion.state).where(
+                FileVersion.storage_key.in_(keys))).all())
             pending = set(session.scalars(select(PendingPurge.storage_key).where(
                 PendingPurge.storage_key.in_(keys))))
         for key in keys:
-            if key not in waiting and key not in pending:
-                services.spool.remove(key)
-                removed += 1
+            if key in pending or states.get(key) == "spooled":
+                continue
+            if key in states:
+                services.spool.remove(key)  # stored already: only the spool copy is left over
+            else:
+                _forget_ciphertext(services, key)
+            removed += 1
     return removed
 
 

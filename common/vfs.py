@@ -9,6 +9,7 @@ transaction as the change. Adapters never touch storage or crypto themselves.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ TREE_LOCK_SPACE = 0x5EA1  # first key of the per-account advisory lock on moves 
 AUDIT_LOGS = "Audit Logs"
 RESERVED_ROOT_NAMES = (SHARED, AUDIT_LOGS)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -299,9 +302,10 @@ class Workspace:
 
     def _purge_soon(self) -> None:
         if self.services.settings.ingest_mode == "inline":
-            jobs.purge_pending(self.services)  # no worker serves this host's spool queue
+            purge = jobs.purge_pending  # no worker serves this host's spool queue
         else:
-            jobs.enqueue_purge(self.services)
+            purge = jobs.enqueue_purge
+        _after_commit_quietly(f"purge after a change in account {self.me.account_id}", purge, self.services)
 
     def _resolve_shared(self, session: Session, parts: tuple[str, ...]) -> _Place:
         owners = self._shared_with_me(session)
@@ -489,6 +493,7 @@ class Upload:
             raise ValueError(f"upload already {self.state}")
         ws = self.workspace
         inline = ws.services.settings.ingest_mode == "inline"
+        committing = False
         try:
             prints = self._writer.finish()
             if inline:  # this host's spool is not durable: the store must hold it before the reply
@@ -498,16 +503,42 @@ class Upload:
                 entry, replaced = self._commit_version(session, prints, stored=inline)
                 ws._audit(session, "upload", path=self.path, direction="in", nbytes=prints.size,
                           duration_ms=int((time.monotonic() - self._started) * 1000))
-        except BaseException:
-            self.state = "aborted"
-            self._writer.abort()
-            if inline:
-                _remove_quietly(ws.services.store, self._writer.storage_key)
-            ws.record_transfer("upload", self.path, status="failed", nbytes=self.size, started=self._started)
-            raise
+                session.flush()
+                committing = True  # past this point only COMMIT itself can fail
+        except BaseException as exc:
+            if not (committing and self._committed_after_all(exc)):
+                self._fail(keep_ciphertext=committing, inline=inline)
+                raise
         self.state = "committed"
         self._after_commit(replaced, prints.cipher_size, inline)
         return entry
+
+    def _committed_after_all(self, exc: BaseException) -> bool:
+        """Whether a COMMIT that raised was applied anyway (its reply lost with the connection)."""
+        try:
+            with self.workspace._session() as session:
+                found = session.get(FileVersion, self._writer.version_id) is not None
+        except SealdropError:
+            return False  # still unreachable: the sweeper decides later, from the rows
+        if found:
+            log.warning("upload of version %s committed although the commit reported %s",
+                        self._writer.version_id, type(exc).__name__)
+        return found
+
+    def _fail(self, *, keep_ciphertext: bool, inline: bool) -> None:
+        ws = self.workspace
+        self.state = "aborted"
+        if keep_ciphertext:
+            # The commit may have been applied without our hearing it: removing published
+            # ciphertext could leave a committed version pointing at nothing. The sweeper
+            # removes it once the rows show that no version uses it.
+            log.warning("commit of version %s failed or was not confirmed; ciphertext left to the sweeper",
+                        self._writer.version_id)
+        else:
+            self._writer.abort()
+            if inline:
+                _remove_quietly(ws.services.store, self._writer.storage_key)
+        ws.record_transfer("upload", self.path, status="failed", nbytes=self.size, started=self._started)
 
     def abort(self, reason: str = "aborted") -> None:
         """Discard the upload: no file appears, no ciphertext stays."""
@@ -566,7 +597,8 @@ class Upload:
         if inline:
             services.spool.remove(self._writer.storage_key)
         else:
-            jobs.enqueue_ingest(services, self._writer.version_id, cipher_size)
+            _after_commit_quietly(f"ingest of version {self._writer.version_id}", jobs.enqueue_ingest,
+                                  services, self._writer.version_id, cipher_size)
 
 
 class Download:
@@ -616,6 +648,18 @@ def _lock_subtree(session: Session, node: Node) -> None:
         WITH RECURSIVE tree(id) AS (
             SELECT CAST(:root AS bigint) UNION ALL SELECT n.id FROM nodes n JOIN tree t ON n.parent_id = t.id)
         SELECT id FROM nodes WHERE id IN (SELECT id FROM tree) FOR UPDATE"""), {"root": node.id})
+
+
+def _after_commit_quietly(what: str, func, *args) -> None:
+    """Run a follow-up of a committed change; its failure must not undo the client's success.
+
+    The change is durable already; the spool sweeper re-queues lost ingests and runs the
+    pending purges, so a Redis or store outage here only delays the follow-up.
+    """
+    try:
+        func(*args)
+    except Exception as exc:  # noqa: BLE001 (any failure here is recovered by the sweeper)
+        log.warning("%s not queued (%s); the spool sweeper will recover it", what, type(exc).__name__)
 
 
 def _remove_quietly(store, storage_key: str) -> None:

@@ -22,7 +22,9 @@ import pytest
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from common import jobs
 from common.errors import NotFound, TransientError
@@ -442,3 +444,111 @@ def test_the_procfile_worker_serves_this_hosts_queue_and_stops_on_sigterm(own, w
     assert worker.returncode == 0, output.decode(errors="replace")[-2000:]
     with own.db.session() as session:
         assert session.get(Spool, own.settings.spool_id) is not None  # registered for the sweeps
+
+
+# -- a commit whose reply is lost ----------------------------------------------------------
+
+class LostCommitReply(Session):
+    """A session whose COMMIT of a new file version raises as if the connection dropped.
+
+    No real fault drops a connection between PostgreSQL applying a COMMIT and our reading its
+    reply, so this wraps SQLAlchemy's Session: with `applied`, the real COMMIT runs and only
+    its reply is lost; without, the transaction is rolled back, as when the COMMIT never
+    reached the server. Other sessions commit normally.
+    """
+
+    applied = True
+    _has_new_version = False
+
+    def flush(self, objects=None):
+        self._has_new_version |= any(isinstance(o, FileVersion) for o in self.new)
+        super().flush(objects)
+
+    def commit(self):
+        if not self._has_new_version:
+            return super().commit()
+        if self.applied:
+            super().commit()
+        else:
+            self.rollback()
+        raise sa_exc.OperationalError("COMMIT", None, Exception("server closed the connection unexpectedly"))
+
+
+def losing_commit_replies(svc: Services, *, applied: bool) -> None:
+    session_class = type("Faulty", (LostCommitReply,), {"applied": applied})
+    svc.db.sessionmaker = sessionmaker(svc.db.engine, expire_on_commit=False, class_=session_class)
+
+
+@pytest.fixture(params=["worker", "inline"])
+def mode_services(request, own_settings):
+    svc = Services(dataclasses.replace(own_settings, ingest_mode=request.param))
+    svc.store.ensure_bucket()
+    yield svc
+    _clear_queue(svc)
+    svc.close()
+
+
+def test_a_commit_applied_but_unconfirmed_keeps_its_ciphertext(mode_services, account):
+    svc = mode_services
+    ws = Workspace(svc, Principal(account.admin_id, account.id, account.admin_username, "admin", "sftp"))
+    first, second = os.urandom(300_000), os.urandom(400_000)
+    upload(ws, "/report.bin", first)
+    losing_commit_replies(svc, applied=True)
+    upload(ws, "/report.bin", second)  # the version exists, so the upload is reported done
+    version = current_version(svc, ws, "/report.bin")
+    assert download(ws, "/report.bin") == second
+    for path in svc.spool.ready_keys():
+        _age(svc.spool.path(path), jobs.ORPHAN_READY_SECONDS + 60)
+    jobs.sweep_spool(svc)  # the sweeper sees the row and keeps what it names
+    assert download(ws, "/report.bin") == second
+    if version.state == "spooled":
+        assert jobs.ingest_version(svc, version.id) == "stored"
+    assert_stored_once(svc, version, second)
+
+
+def test_a_commit_that_failed_leaves_its_ciphertext_to_the_sweeper(mode_services, account):
+    svc = mode_services
+    ws = Workspace(svc, Principal(account.admin_id, account.id, account.admin_username, "admin", "sftp"))
+    losing_commit_replies(svc, applied=False)
+    up = ws.open_write("/never.bin")
+    up.write(os.urandom(200_000))
+    with pytest.raises(TransientError):
+        up.commit()
+    with pytest.raises(NotFound):
+        ws.stat("/never.bin")
+    [key] = svc.spool.ready_keys()  # kept: the commit might have been applied
+    assert svc.store.stat(key) is not None or svc.settings.ingest_mode == "worker"
+    _age(svc.spool.path(key), jobs.ORPHAN_READY_SECONDS + 60)
+    assert jobs.sweep_spool(svc).orphans_removed == 1
+    assert not svc.spool.has(key) and svc.store.stat(key) is None
+
+
+# -- Redis down after a commit -------------------------------------------------------------
+
+def test_an_upload_committed_while_redis_is_down_succeeds_and_the_sweeper_queues_it(own, account):
+    """Redis unreachable for the enqueue: a closed port, so the connection is really refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    no_redis = Services(dataclasses.replace(own.settings, redis_url=f"redis://127.0.0.1:{closed_port}/0"))
+    me = Principal(account.admin_id, account.id, account.admin_username, "admin", "sftp")
+    try:
+        ws = Workspace(no_redis, me)
+        first, second = os.urandom(100_000), os.urandom(150_000)
+        upload(ws, "/notes.bin", first)
+        replaced = current_version(own, ws, "/notes.bin")
+        upload(ws, "/notes.bin", second)  # replacing also queues a purge: neither may fail the upload
+        assert download(ws, "/notes.bin") == second
+    finally:
+        no_redis.close()
+    version = current_version(own, ws, "/notes.bin")
+    assert version.state == "spooled" and own.spool.has(replaced.storage_key)
+    with pytest.raises(NoSuchJobError):
+        Job.fetch(jobs.ingest_job_id(version.id), connection=own.redis)
+
+    report = jobs.sweep_spool(own)  # Redis is back
+    assert report.requeued == 1 and report.purged >= 1
+    assert Job.fetch(jobs.ingest_job_id(version.id), connection=own.redis).get_status() == JobStatus.QUEUED
+    assert not own.spool.has(replaced.storage_key)
+    assert jobs.ingest_version(own, version.id) == "stored"
+    assert download(Workspace(own, me), "/notes.bin") == second
