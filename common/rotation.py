@@ -8,18 +8,21 @@ to do changes nothing.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select, text
 
 from common import audit
-from common.errors import TransientError
+from common.errors import SealdropError, TransientError
 from common.models import Account, FileVersion, WrappedKey
 from common.services import Services
 
 log = logging.getLogger(__name__)
 
 BATCH = 500
+LOCK_WAIT_SECONDS = 60.0  # how long a key locked by a committing upload is waited for
+LOCK_POLL_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -31,24 +34,61 @@ class RotationReport:
     deleted_versions: int = 0
 
 
-def rotate_master(services: Services, batch: int = BATCH) -> int:
-    """Re-wrap every stored key not under the active master key; returns how many moved."""
-    active, moved = services.keyring.master.active.kid, 0
+class KeysLeftBehind(SealdropError):
+    """Stored keys still wrapped by an old master key after a rotation gave up waiting for them."""
+
+    code = "keys_left_behind"
+
+    def __init__(self, left: dict[str, int]):
+        self.left = left
+        counts = ", ".join(f"{count} under {kid}" for kid, count in sorted(left.items()))
+        super().__init__(f"{sum(left.values())} stored key(s) are still under an old master key "
+                         f"({counts}); keep the old key in MASTER_KEYS and run the rotation again")
+
+    def __reduce__(self):
+        return type(self), (self.left,)
+
+
+def rotate_master(services: Services, batch: int = BATCH, *, wait_seconds: float = LOCK_WAIT_SECONDS) -> int:
+    """Re-wrap every stored key not under the active master key; returns how many moved.
+
+    Rows locked at the moment (an upload committing holds its account's file-wrapping key) are
+    skipped and tried again until `wait_seconds` pass without progress; any key still under an
+    old master key then raises KeysLeftBehind, so a rotation never reports success too soon.
+    """
+    active, moved, deadline = services.keyring.master.active.kid, 0, None
     while True:
         with services.db.session() as session:
             rows = session.scalars(
                 select(WrappedKey).where(WrappedKey.master_kid != active)
                 .order_by(WrappedKey.id).limit(batch).with_for_update(skip_locked=True)).all()
             moved += sum(services.keyring.rewrap(row) for row in rows)
-        if len(rows) < batch:
+        if len(rows) == batch:
+            continue
+        left = _keys_left(services, active)
+        if not left:
             break
+        if rows or deadline is None:
+            deadline = time.monotonic() + wait_seconds
+        elif time.monotonic() >= deadline:
+            log.warning("master rotation stopped with %d key(s) left under old master keys", sum(left.values()))
+            raise KeysLeftBehind(left)
+        time.sleep(LOCK_POLL_SECONDS)
     log.info("re-wrapped %d stored key(s) under master key %s", moved, active)
     return moved
 
 
-def rotate_account(services: Services, account_id: int, batch: int = BATCH) -> RotationReport:
+def _keys_left(services: Services, active: str) -> dict[str, int]:
+    """How many stored keys each old master key still wraps."""
+    with services.db.session() as session:
+        return dict(session.execute(select(WrappedKey.master_kid, func.count()).where(
+            WrappedKey.master_kid != active).group_by(WrappedKey.master_kid)).all())
+
+
+def rotate_account(services: Services, account_id: int, batch: int = BATCH, *,
+                   wait_seconds: float = LOCK_WAIT_SECONDS) -> RotationReport:
     """Replace an account's file-wrapping key and re-wrap its file keys (resuming a crashed run)."""
-    moved = rotate_master(services, batch)
+    moved = rotate_master(services, batch, wait_seconds=wait_seconds)
     version, new = _target_version(services, account_id)
     rewrapped = _rewrap_file_keys(services, account_id, version, batch)
     deleted = _drop_old_versions(services, account_id, version, batch)

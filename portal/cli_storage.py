@@ -40,14 +40,19 @@ def _account_id(services, name: str) -> int:
 @keys_cli.command("rotate")
 @click.option("--account", "account_name", metavar="NAME",
               help="Also replace this account's file-wrapping key and re-wrap its file keys.")
+@click.option("--wait", "wait_seconds", type=click.FloatRange(min=0), default=rotation.LOCK_WAIT_SECONDS,
+              show_default=True, help="Seconds to wait for keys locked by uploads committing meanwhile.")
 @services_command
-def rotate_keys(services, account_name):
-    """Re-wrap stored keys under the active master key (the first in MASTER_KEYS)."""
+def rotate_keys(services, account_name, wait_seconds):
+    """Re-wrap stored keys under the active master key (the first in MASTER_KEYS).
+
+    Exits 1, with the count left under each old master key, if any key could not be re-wrapped.
+    """
     if account_name is None:
-        moved = rotation.rotate_master(services)
+        moved = rotation.rotate_master(services, wait_seconds=wait_seconds)
         click.echo(f"Re-wrapped {moved} key(s) under master key {services.keyring.master.active.kid}.")
         return
-    report = rotation.rotate_account(services, _account_id(services, account_name))
+    report = rotation.rotate_account(services, _account_id(services, account_name), wait_seconds=wait_seconds)
     how = "new" if report.new_version else "resumed"
     click.echo(f"Re-wrapped {report.rewrapped_keys} key(s) under master key "
                f"{services.keyring.master.active.kid}; file-wrapping key version "

@@ -8,9 +8,11 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+import threading
+import time
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from common import accounts, jobs, rotation
 from common.errors import ConfigError
@@ -161,3 +163,65 @@ def _wrapped_file_keys(svc: Services, account_id: int) -> dict:
         rows = session.execute(select(FileVersion.id, FileVersion.wrapped_key, FileVersion.key_version)
                                .where(FileVersion.account_id == account_id)).all()
         return {i: (w, v) for i, w, v in rows}
+
+
+class CommittingUpload:
+    """A second connection holding what an upload's commit holds: its account's file-wrapping
+    key row, FOR SHARE, until `release()`."""
+
+    def __init__(self, svc: Services, account_id: int):
+        self.connection = svc.db.engine.connect()
+        self.connection.execute(text(
+            "SELECT id FROM wrapped_keys WHERE account_id = :a AND purpose = 'file' FOR SHARE"),
+            {"a": account_id})
+
+    def release(self) -> None:
+        self.connection.rollback()
+        self.connection.close()
+
+
+def test_master_rotation_waits_for_a_key_locked_by_a_committing_upload(fresh_settings, open_services):
+    old = open_services(fresh_settings)
+    account_id, user_id, admin, _ = make_account_with_files(old, FILES)
+    both = open_services(fresh_settings, f"{NEW_KEY},{TEST_MASTER_KEYS}")
+    upload = CommittingUpload(both, account_id)
+    outcome = {}
+    rotating = threading.Thread(target=lambda: outcome.setdefault("moved", rotation.rotate_master(both)))
+    rotating.start()
+    try:
+        # Release the lock only once every other key has moved: the rotation has passed the
+        # locked row by then and must still be waiting for it.
+        wait_until(lambda: master_kids(both) == {"k2", "t1"} and _left_under(both, "t1") == 1)
+        assert rotating.is_alive()
+    finally:
+        upload.release()
+    rotating.join(timeout=60)
+    assert outcome == {"moved": 3} and master_kids(both) == {"k2"}
+    read_all(open_services(fresh_settings, NEW_KEY), (account_id, user_id, admin), FILES)
+
+
+def test_master_rotation_that_cannot_finish_says_what_is_left(fresh_settings, open_services):
+    old = open_services(fresh_settings)
+    account_id, *_ = make_account_with_files(old, {"/a.txt": b"a"})
+    both = open_services(fresh_settings, f"{NEW_KEY},{TEST_MASTER_KEYS}")
+    upload = CommittingUpload(both, account_id)
+    try:
+        with pytest.raises(rotation.KeysLeftBehind) as raised:
+            rotation.rotate_master(both, wait_seconds=0.5)
+    finally:
+        upload.release()
+    assert raised.value.left == {"t1": 1}
+    assert "1 under t1" in raised.value.message and raised.value.exit_code == 1
+    assert rotation.rotate_master(both) == 1 and master_kids(both) == {"k2"}
+
+
+def _left_under(svc: Services, kid: str) -> int:
+    with svc.db.session() as session:
+        return session.scalar(select(func.count()).select_from(WrappedKey).where(WrappedKey.master_kid == kid))
+
+
+def wait_until(predicate, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from common.config import parse_master_keys
 from common.models import FileVersion
 from tests.common.test_rotation import (
-    NEW_KEY, _file_key_versions, _rows_of, make_account_with_files, master_kids, read_all,
+    NEW_KEY, CommittingUpload, _file_key_versions, _rows_of, make_account_with_files, master_kids, read_all,
 )
 from tests.fixtures import TEST_MASTER_KEYS, assert_one_line_error
 
@@ -83,3 +83,22 @@ def test_keys_rotate_then_retire_the_old_master_key(fresh_settings, open_service
     only_new = open_services(fresh_settings, NEW_KEY)
     assert master_kids(only_new) == {"k2"} and _file_key_versions(only_new, who[0]) == [2]
     read_all(only_new, who[:3], files)
+
+
+def test_keys_rotate_exits_1_with_the_counts_when_keys_stay_locked(fresh_settings, open_services):
+    svc = open_services(fresh_settings)
+    who = make_account_with_files(svc, {"/a.txt": b"locked during rotation"})
+    both = dataclasses.replace(fresh_settings, master_keys=parse_master_keys(f"{NEW_KEY},{TEST_MASTER_KEYS}"))
+    app = make_cli_app(both)
+    upload = CommittingUpload(svc, who[0])  # an upload that never gets to finish its commit
+    try:
+        stuck = run(app, "keys", "rotate", "--wait", "0.5")
+        upload.release()
+        assert stuck.exit_code == 1
+        assert_one_line_error(stuck, "1 stored key(s) are still under an old master key (1 under t1)")
+        done = run(app, "keys", "rotate")
+        assert done.exit_code == 0, done.output
+        assert "Re-wrapped 1 key(s) under master key k2" in done.output
+    finally:
+        app.extensions["sealdrop"].close()
+    assert master_kids(svc) == {"k2"}
