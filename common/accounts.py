@@ -113,6 +113,12 @@ def delete_user(session: Session, keyring: Keyring, account: Account, user: User
         raise PermissionDenied("An account needs at least one admin; make another user admin first.")
     keys = keyring.account(session, account.id)
     email = keys.open_text(user.email_sealed, "email")
+    # A folder deletion's locks: an upload committing into their files waits for us and then
+    # finds its folder gone, rather than adding a version the cascade takes without a purge.
+    vfs.lock_tree(session, account.id)
+    for root in session.scalars(select(Node).where(Node.owner_id == user.id, Node.parent_id.is_(None))
+                                .order_by(Node.id)):
+        vfs.lock_subtree(session, root)
     for version in session.scalars(
             select(FileVersion).join(Node, Node.id == FileVersion.node_id).where(Node.owner_id == user.id)):
         session.add(vfs.purge_record(version))

@@ -175,7 +175,7 @@ class Workspace:
             self._lock_tree(session)
             place = self._resolve(session, path)
             self._check_changeable(place)
-            _lock_subtree(session, place.node)  # uploads committing below wait, or finish first
+            lock_subtree(session, place.node)  # uploads committing below wait, or finish first
             if place.node.kind == "folder" and not recursive and self._has_children(session, place.node):
                 raise NotEmpty()
             self._purge_subtree(session, place.node)
@@ -297,8 +297,7 @@ class Workspace:
         return user
 
     def _lock_tree(self, session: Session) -> None:
-        """Serialise moves and deletions within the account (transaction-scoped)."""
-        session.execute(select(func.pg_advisory_xact_lock((TREE_LOCK_SPACE << 40) + self.me.account_id)))
+        lock_tree(session, self.me.account_id)
 
     def _purge_soon(self) -> None:
         if self.services.settings.ingest_mode == "inline":
@@ -643,7 +642,13 @@ def purge_record(version: FileVersion) -> PendingPurge:
                         spool_id=None if version.state == "stored" else version.spool_id)
 
 
-def _lock_subtree(session: Session, node: Node) -> None:
+def lock_tree(session: Session, account_id: int) -> None:
+    """Serialise moves and deletions within the account (transaction-scoped)."""
+    session.execute(select(func.pg_advisory_xact_lock((TREE_LOCK_SPACE << 40) + account_id)))
+
+
+def lock_subtree(session: Session, node: Node) -> None:
+    """Lock a node and everything below it: an upload committing there waits, or finished first."""
     session.execute(text("""
         WITH RECURSIVE tree(id) AS (
             SELECT CAST(:root AS bigint) UNION ALL SELECT n.id FROM nodes n JOIN tree t ON n.parent_id = t.id)
