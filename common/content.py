@@ -21,6 +21,8 @@ from common.storage import ObjectStore, Spool, new_storage_key
 
 log = logging.getLogger(__name__)
 
+LOST_CONTENT = "The file's content was lost before it was stored; your administrators have been told"
+
 
 @dataclass(frozen=True)
 class Fingerprints:
@@ -127,18 +129,23 @@ class ContentReader:
             raise IntegrityFailure("The file failed its integrity check; the transfer was stopped") from exc
 
     def _choose_source(self, spool: Spool, store: ObjectStore, refresh_state, wait_seconds):
-        key = self.content.storage_key
-        if self.content.state == "stored":
-            return lambda start, end: store.read(key, start, end)
-        if self.content.spool_id == spool.spool_id and spool.has(key):
+        key, state = self.content.storage_key, self.content.state
+        own = self.content.spool_id == spool.spool_id
+        if own and state == "spooled" and spool.has(key):
             return lambda start, end: _spool_or_store(spool, store, key, start, end)
-        # Spooled on another host: wait (bounded) for its ingest to reach the store.
-        deadline = time.monotonic() + wait_seconds
-        while refresh_state is not None and time.monotonic() < deadline:
-            if refresh_state() == "stored":
+        # Spooled on another host: wait (bounded) for its ingest to reach the store. Missing
+        # from our own spool, it was either stored a moment ago or lost: one look tells.
+        deadline, looked = time.monotonic() + (0 if own else wait_seconds), False
+        while True:
+            if state == "stored":
                 return lambda start, end: store.read(key, start, end)
-            time.sleep(0.5)
-        raise TransientError("The file is still being stored; try again in a moment")
+            if state == "failed":
+                raise IntegrityFailure(LOST_CONTENT)
+            if refresh_state is None or (looked and time.monotonic() >= deadline):
+                raise TransientError("The file is still being stored; try again in a moment")
+            if looked:
+                time.sleep(0.5)
+            state, looked = refresh_state(), True
 
 
 def _spool_or_store(spool: Spool, store: ObjectStore, key: str, start: int, end: int | None):

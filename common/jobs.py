@@ -48,6 +48,7 @@ STALE_TEMP_SECONDS = 24 * 3600  # an upload nobody wrote to for a day is abandon
 ORPHAN_READY_SECONDS = 3600  # longer than any commit between publish and row insert
 FIXITY_MAX_FILES = 200
 FIXITY_MAX_BYTES = 4 * 1024 ** 3
+LOST_CIPHERTEXT_TRIES = 3  # ingests that find a spooled version's ciphertext missing before it is failed
 # A job in one of these states will still run (or is running): do not queue it again.
 WAITING = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.CREATED)
 
@@ -150,13 +151,13 @@ def ingest_version(services: Services, version_id: uuid.UUID) -> str:
         if version.state == "stored":
             services.spool.remove(version.storage_key)
             return "already stored"
+        if version.state == "failed":
+            return "failed: ciphertext lost"
         key, size, digest = version.storage_key, version.cipher_size, version.cipher_sha256
     stored = services.store.stat(key)
     if stored is None or stored.size != size:
         if not services.spool.has(key):
-            if _version_exists(services, version_id):
-                raise IntegrityFailure("A spooled version lost its ciphertext before ingest")
-            return "gone"  # removed (and purged) while we looked
+            return _count_lost_ciphertext(services, version_id)
         upload_verified(services.store, services.spool, key, cipher_size=size, cipher_sha256=digest)
     elif services.store.sha256(key) != digest:
         services.store.remove(key)
@@ -164,9 +165,30 @@ def ingest_version(services: Services, version_id: uuid.UUID) -> str:
     return _mark_stored(services, version_id, key)
 
 
-def _version_exists(services: Services, version_id: uuid.UUID) -> bool:
+def _count_lost_ciphertext(services: Services, version_id: uuid.UUID) -> str:
+    """One more ingest found no ciphertext; after LOST_CIPHERTEXT_TRIES the version is failed.
+
+    Failing it stops the retries and the sweeper's re-queueing, answers downloads at once with
+    an integrity error, and tells the account's admins.
+    """
     with services.db.session() as session:
-        return session.get(FileVersion, version_id) is not None
+        version = session.get(FileVersion, version_id, with_for_update=True)
+        if version is None:
+            return "gone"  # removed (and purged) while we looked
+        if version.state != "spooled":
+            return f"already {version.state}"
+        version.ingest_failures += 1
+        account_id, failed = version.account_id, version.ingest_failures >= LOST_CIPHERTEXT_TRIES
+        if failed:
+            version.state = "failed"
+            audit.record(session, services.keyring, audit.Event(
+                action="integrity_failure", protocol="system", status="failed", account_id=account_id,
+                detail=f"ciphertext of version {version_id} lost before ingest"))
+    if not failed:
+        raise IntegrityFailure("A spooled version lost its ciphertext before ingest")
+    log.error("version %s lost its ciphertext before ingest; marked failed", version_id)
+    enqueue_integrity_alert(services, account_id)
+    return "failed: ciphertext lost"
 
 
 def _mark_stored(services: Services, version_id: uuid.UUID, key: str) -> str:

@@ -22,6 +22,7 @@ TIERS = ("basic", "t2", "t5", "t10")
 ENTERPRISE_TIERS = ("t2", "t5", "t10")
 ROLES = ("admin", "user")
 PERMISSIONS = ("read", "write")
+VERSION_STATES = ("spooled", "stored", "failed")
 
 
 def _now():
@@ -210,7 +211,8 @@ class FileVersion(Base):
     cipher_sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
     wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
     key_version: Mapped[int] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(8), default="spooled")
+    state: Mapped[str] = mapped_column(String(8), default="spooled")  # failed: ciphertext lost before ingest
+    ingest_failures: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     spool_id: Mapped[str] = mapped_column(String(64))
     mtime: Mapped[datetime] = _now()
     created_by_id: Mapped[int | None] = mapped_column(BigInteger)  # no FK: versions outlive uploaders
@@ -218,7 +220,7 @@ class FileVersion(Base):
     stored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     __table_args__ = (
-        CheckConstraint(_in("state", ("spooled", "stored")), name="state"),
+        CheckConstraint(_in("state", VERSION_STATES), name="state"),
         Index("ix_file_versions_state_spool", "state", "spool_id"),
     )
 

@@ -263,8 +263,14 @@ class Workspace:
                 content = StoredContent(version.id, version.storage_key, version.size, version.md5,
                                         version.sha256, version.state, version.spool_id)
                 break
-        reader = ContentReader(content, file_key, self.services.spool, self.services.store,
-                               refresh_state=lambda: self._version_state(content.version_id))
+        try:
+            reader = ContentReader(content, file_key, self.services.spool, self.services.store,
+                                   refresh_state=lambda: self._version_state(content.version_id))
+        except IntegrityFailure:
+            # Content known lost: the admins were alerted when it was marked failed.
+            self.record_transfer("download", place.path, status="failed", nbytes=0,
+                                 started=time.monotonic(), detail="integrity failure")
+            raise
         return Download(self, place.path, content.size, reader.read(offset, length), offset)
 
     # -- internals: resolution -------------------------------------------------------------

@@ -27,8 +27,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from common import jobs
-from common.errors import NotFound, TransientError
-from common.models import FileVersion, PendingPurge, Spool
+from common.errors import IntegrityFailure, NotFound, TransientError
+from common.models import AuditEvent, FileVersion, PendingPurge, Spool
 from common.services import Services
 from common.vfs import Principal, Workspace
 
@@ -552,3 +552,43 @@ def test_an_upload_committed_while_redis_is_down_succeeds_and_the_sweeper_queues
     assert not own.spool.has(replaced.storage_key)
     assert jobs.ingest_version(own, version.id) == "stored"
     assert download(Workspace(own, me), "/notes.bin") == second
+
+
+# -- ciphertext lost before ingest ---------------------------------------------------------
+
+def test_a_version_whose_spooled_ciphertext_is_lost_is_failed_and_alerted(own, workspace, account):
+    upload(workspace, "/lost.bin", os.urandom(120_000))
+    version = current_version(own, workspace, "/lost.bin")
+    own.spool.remove(version.storage_key)  # the spool volume lost it before ingest
+    Job.fetch(jobs.ingest_job_id(version.id), connection=own.redis).delete()
+    for _ in range(jobs.LOST_CIPHERTEXT_TRIES - 1):
+        with pytest.raises(IntegrityFailure):  # RQ retries these
+            jobs.ingest_version(own, version.id)
+        assert jobs.requeue_lost_ingests(own) == 1  # the sweeper keeps trying meanwhile
+        Job.fetch(jobs.ingest_job_id(version.id), connection=own.redis).delete()
+    assert jobs.ingest_version(own, version.id) == "failed: ciphertext lost"
+    assert current_version(own, workspace, "/lost.bin").state == "failed"
+    assert jobs.requeue_lost_ingests(own) == 0  # no more re-queueing, every minute, for ever
+    # The existing integrity alert to the account's admins is queued.
+    alert = Job.fetch(f"integrity-alert-{account.id}", connection=own.redis)
+    assert alert.get_status() == JobStatus.QUEUED
+    alert.delete()
+    with own.db.session() as session:
+        failures = session.scalars(select(AuditEvent).where(
+            AuditEvent.account_id == account.id, AuditEvent.action == "integrity_failure")).all()
+    assert len(failures) == 1
+
+    started = time.monotonic()
+    with pytest.raises(IntegrityFailure):
+        download(workspace, "/lost.bin")
+    assert time.monotonic() - started < 5  # at once, not after the 30 s wait for an ingest
+
+
+def test_a_download_missing_from_its_own_spool_does_not_wait(own, workspace):
+    upload(workspace, "/gone-here.bin", os.urandom(50_000))
+    version = current_version(own, workspace, "/gone-here.bin")
+    own.spool.remove(version.storage_key)
+    started = time.monotonic()
+    with pytest.raises(TransientError):
+        download(workspace, "/gone-here.bin")
+    assert time.monotonic() - started < 5
