@@ -6,6 +6,7 @@ tool fails the test: CI installs them all.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import logging
@@ -15,6 +16,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +36,7 @@ from common import accounts, auth, jobs, totp
 from common.cipherstream import CHUNK_SIZE, chunk_offset
 from common.errors import AuthFailed, NotFound
 from common.models import AuditEvent, DefenderFailure, FileVersion, User
+from common.services import Services
 from common.vfs import Principal, Workspace
 from tests.fixtures import STRONG_PASSWORD, client_env, tool
 from tests.transfer.sftp_door import (
@@ -790,6 +793,7 @@ def test_keyboard_interactive_answers_we_did_not_ask_for_end_the_connection(serv
 
 def _stored_file(services, account, path: str, data: bytes) -> FileVersion:
     """A file uploaded and ingested into the object store; its version row."""
+    services.store.ensure_bucket()
     ws = workspace(services, account)
     upload = ws.open_write(path)
     upload.write(data)
@@ -860,6 +864,72 @@ def test_a_download_failing_its_fingerprint_fails_every_later_read(sftp_server, 
         assert _read_at(client, handle, len(data)) == "failed"
     finally:
         transport.close()
+
+
+class CuttingRelay:
+    """A TCP relay to the object store whose responses stop after a byte budget: a real outage
+    in the middle of a download (the store itself is shared, so it is not stopped)."""
+
+    def __init__(self, upstream: str, budget: int):
+        host, port = upstream.rsplit(":", 1)
+        self.upstream, self.budget = (host, int(port)), budget
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            store = socket.create_connection(self.upstream, timeout=20)
+            threading.Thread(target=self._pump, args=(client, store, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(store, client, self.budget), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket, budget: int | None) -> None:
+        try:
+            while budget is None or budget > 0:
+                data = source.recv(64 * 1024)
+                if not data:
+                    break
+                data = data if budget is None else data[:budget]
+                budget = None if budget is None else budget - len(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_a_download_cut_by_a_store_outage_fails_every_later_read(services, sftp_host_key_file, account):
+    data = os.urandom(16 * CHUNK_SIZE)
+    _stored_file(services, account, "/cut.bin", data)
+    relay = CuttingRelay(services.settings.s3_endpoint, budget=len(data) // 2)
+    cut = Services(dataclasses.replace(services.settings, s3_endpoint=relay.endpoint))
+    server = start_sftp_server(cut, sftp_host_key_file)
+    transport = None
+    try:
+        transport, client = connect(server.port, account.admin_username, password=account.password)
+        handle = client.open("/cut.bin", "rb")
+        failed_at = _read_until_failure(client, handle, len(data))
+        assert 0 < failed_at < len(data)  # some blocks arrived before the outage
+        assert [_read_at(client, handle, failed_at) for _ in range(2)] == ["failed", "failed"]
+        assert _read_at(client, handle, len(data)) == "failed"
+    finally:
+        if transport is not None:
+            transport.close()
+        server.stop()
+        cut.close()
+        relay.close()
+    assert any(e.status == "failed" and e.detail == "store unavailable"
+               for e in events(services, account.id, action="download"))
 
 
 def test_a_channel_fed_past_its_window_ends_the_connection(sftp_server, account):
