@@ -52,6 +52,8 @@ from common.services import Services
 from common.vfs import Entry, Principal, Workspace
 
 log = logging.getLogger(__name__)
+# paramiko's own DEBUG lines (transport and channels) carry names and client text: never emitted.
+logging.getLogger(f"{__name__}.ssh").setLevel(logging.INFO)
 
 PROTOCOL = "sftp"
 ALL_AUTHS = "publickey,password,keyboard-interactive"

@@ -24,7 +24,7 @@ from pathlib import Path
 import paramiko
 import pyotp
 import pytest
-from paramiko.common import cMSG_CHANNEL_DATA, cMSG_DISCONNECT, cMSG_USERAUTH_INFO_RESPONSE
+from paramiko.common import cMSG_CHANNEL_DATA, cMSG_CHANNEL_REQUEST, cMSG_DISCONNECT, cMSG_USERAUTH_INFO_RESPONSE
 from paramiko.message import Message
 from paramiko.sftp import (
     CMD_CLOSE, CMD_EXTENDED, CMD_HANDLE, CMD_INIT, CMD_OPEN, CMD_OPENDIR, CMD_READ, CMD_STATUS, CMD_VERSION,
@@ -40,7 +40,8 @@ from common.services import Services
 from common.vfs import Principal, Workspace
 from tests.fixtures import STRONG_PASSWORD, client_env, tool
 from tests.transfer.sftp_door import (
-    SftpStatus, StatusSFTPClient, close_checked, connect, fresh_source, open_transport, start_sftp_server, write_host_key,
+    SftpStatus, StatusSFTPClient, close_checked, connect, fresh_source, open_transport, start_sftp_server,
+    write_host_key,
 )
 from transfer.sftp import CIPHERS, MACS, Limits
 
@@ -1070,6 +1071,19 @@ def test_client_banner_and_disconnect_text_never_reach_the_logs_raw(sftp_server,
             bye.add_string("en")
             transport._send_message(bye)
             assert wait_for(lambda: any("Disconnect" in m for _, m, _ in logs.records), timeout=10)
+        finally:
+            transport.close()
+        transport, _ = connect(sftp_server.port, account.admin_username, password=account.password)
+        try:
+            channel = transport.open_session()
+            request = Message()  # a request type paramiko logs (at DEBUG) as it came
+            request.add_byte(cMSG_CHANNEL_REQUEST)
+            request.add_int(channel.remote_chanid)
+            request.add_string("x-" + forged)
+            request.add_boolean(False)
+            transport._send_user_message(request)
+            with pytest.raises(paramiko.SSHException):
+                channel.exec_command("id")  # answered after the request above was handled
         finally:
             transport.close()
     messages = [message for _, message, _ in logs.records]
