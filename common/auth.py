@@ -161,15 +161,39 @@ def is_authorized_key(services: Services, username: str, key_type: str, key_blob
         return _authorized_key_id(session, user.id, key_type, bytes(key_blob)) is not None
 
 
+UNAUTHENTICATED_ENDS_AUDITED_PER_MINUTE = 3
+
+
 def record_unauthenticated_end(services: Services, username: str | None, protocol: str,
                                ip: str | None) -> None:
-    """Audit one login_failed for a connection that ended with no login and no counted failure."""
+    """Count for the defender a connection that ended with no login and no counted failure,
+    and audit it as one login_failed: past a few a minute from one address for one name,
+    one summary event stands for the rest, so nobody can flood a tenant's chain."""
     ip = client_ip(ip)
     with services.db.session() as session:
         login = _lookup_in(session, services.keyring, username or "", secret=None,
                            method="password", protocol=protocol, ip=ip)
-        _audit_login(session, services.keyring, login, "login_failed", "failed",
-                     "connection ended before authentication")
+        ban = _count_for_defender(session, services, login)
+        recent = _recent_failures_of(session, login, seconds=60)
+        detail = "connection ended before authentication"
+        if recent <= UNAUTHENTICATED_ENDS_AUDITED_PER_MINUTE:
+            _audit_login(session, services.keyring, login, "login_failed", "failed", detail)
+        elif recent == UNAUTHENTICATED_ENDS_AUDITED_PER_MINUTE + 1:
+            _audit_login(session, services.keyring, login, "login_failed", "failed",
+                         f"{detail}; more from this address for this name within 60 s are counted, "
+                         "not recorded")
+        if ban:
+            audit.record(session, services.keyring, audit.Event(
+                action="lockout", protocol=protocol, status="ok", ip=ip, detail=ban))
+
+
+def _recent_failures_of(session: Session, login: _Login, *, seconds: int) -> int:
+    """Failures the defender holds from this address for this name over the last seconds."""
+    if login.ip is None:
+        return 0
+    since = _db_now(session) - timedelta(seconds=seconds)
+    return session.scalar(select(func.count()).where(
+        DefenderFailure.ip == login.ip, DefenderFailure.subject == login.subject, DefenderFailure.at > since))
 
 
 def is_banned(services: Services, ip: str | None) -> bool:

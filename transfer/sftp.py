@@ -10,8 +10,10 @@ Logs name sessions, users and accounts by id, never by name or path.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -26,8 +28,8 @@ from pathlib import Path
 import paramiko
 from paramiko.auth_handler import AuthHandler
 from paramiko.common import (
-    AUTH_FAILED, AUTH_PARTIALLY_SUCCESSFUL, AUTH_SUCCESSFUL, OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED,
-    OPEN_SUCCEEDED,
+    AUTH_FAILED, AUTH_PARTIALLY_SUCCESSFUL, AUTH_SUCCESSFUL, MSG_CHANNEL_DATA, MSG_CHANNEL_EXTENDED_DATA,
+    OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED, OPEN_SUCCEEDED,
 )
 from paramiko.message import Message
 from paramiko.server import InteractiveQuery
@@ -43,13 +45,15 @@ from paramiko.ssh_exception import SSHException
 from common import auth, paths
 from common.config import settings_from_environment
 from common.errors import (
-    AlreadyExists, AuthFailed, Banned, ConfigError, InvalidInput, IsAFolder, LockedOut, NotAFolder,
+    AlreadyExists, AuthFailed, Banned, ConfigError, InvalidInput, IsAFolder, NotAFolder,
     NotFound, PermissionDenied, SealdropError, Unsupported,
 )
 from common.services import Services
 from common.vfs import Entry, Principal, Workspace
 
 log = logging.getLogger(__name__)
+# paramiko's own DEBUG lines (transport and channels) carry names and client text: never emitted.
+logging.getLogger(f"{__name__}.ssh").setLevel(logging.INFO)
 
 PROTOCOL = "sftp"
 ALL_AUTHS = "publickey,password,keyboard-interactive"
@@ -79,7 +83,7 @@ DISABLED_ALGORITHMS = {
 # SFTP limits: OpenSSH's sftp-server caps messages at 256 KiB; clients write 32 KiB at a time.
 MAX_PACKET = 256 * 1024 + 1024
 MAX_READ = 256 * 1024
-MAX_HANDLES = 64
+MAX_HANDLES = 64  # per connection, over all its channels
 MAX_SESSION_CHANNELS = 16
 # Pipelining clients (rclone's concurrent writes) deliver WRITEs slightly out of order.
 REORDER_WINDOW_BYTES = 8 * 1024 * 1024
@@ -91,6 +95,14 @@ READ_KEEP_BYTES = 2 * 1024 * 1024
 READ_SKIP_BYTES = 2 * 1024 * 1024
 EXTENSIONS = (("posix-rename@openssh.com", "1"), ("check-file", "md5,sha256"))
 HASHES = {"md5": "md5", "sha256": "sha256"}
+# paramiko's log lines that carry client text, cut to their fixed part; every line is capped.
+CLIENT_TEXT = (
+    (re.compile(r"Connected \(version .*", re.S), "Connected"),
+    (re.compile(r"(Disconnect \(code \d+\)).*", re.S), r"\1"),
+    (re.compile(r"(Incompatible version|Indecipherable protocol version|Auth rejected: pubkey algorithm"
+                r"|Auth rejected: unsupported or mangled public key|Auth rejected: public key).*", re.S), r"\1"),
+)
+MAX_LOG_LINE = 200
 # Global requests clients send on their own (keepalives): refused, but not worth an audit event.
 QUIET_GLOBAL_REQUESTS = ("keepalive@openssh.com", "no-more-sessions@openssh.com")
 
@@ -108,7 +120,31 @@ class Limits:
 # -- the transport --------------------------------------------------------------------------
 
 class KeyProvingAuthHandler(AuthHandler):
-    """paramiko's auth handler, told when a public key has really been proven."""
+    """paramiko's auth handler, told when a public key has really been proven, and reading
+    keyboard-interactive answers only to the question we asked."""
+
+    _awaiting: int | None = None  # the number of prompts of our pending INFO_REQUEST
+
+    def _parse_userauth_request(self, m):
+        self._awaiting = None  # a new request abandons any keyboard-interactive exchange
+        super()._parse_userauth_request(m)
+
+    def _interactive_query(self, q):
+        super()._interactive_query(q)
+        self._awaiting = len(q.prompts)
+
+    def _parse_userauth_info_response(self, m):
+        # paramiko would read whatever count the client sends (up to 2^32 empty strings from a
+        # short message) at any time after key exchange: like OpenSSH, a response that answers
+        # no pending prompt, or gives another number of answers, ends the connection.
+        expected, self._awaiting = self._awaiting, None
+        if expected is None or self.authenticated or m.get_int() != expected:
+            log.info("sftp session %s: unexpected keyboard-interactive response, disconnected",
+                     self.transport.server_object.id)
+            self._disconnect_no_more_auth()
+            return
+        m.rewind()
+        super()._parse_userauth_info_response(m)
 
     def _send_auth_result(self, username, method, result):
         session = self.transport.server_object
@@ -140,7 +176,43 @@ class HardenedTransport(paramiko.Transport):
         # packets; neither belongs in our logs. Once we closed the transport ourselves (a
         # timeout, a ban, shutdown), its "error" reading from the closed socket is expected.
         if level > logging.DEBUG and not isinstance(msg, list) and (self.active or level < logging.ERROR):
-            super()._log(level, msg, *args)
+            super()._log(level, without_client_text(msg % args if args else msg))
+
+    # Every CHANNEL_DATA passes the window check before paramiko buffers it.
+    _channel_handler_table = {
+        **paramiko.Transport._channel_handler_table,
+        MSG_CHANNEL_DATA: lambda channel, m: _feed_within_window(channel, m, extended=False),
+        MSG_CHANNEL_EXTENDED_DATA: lambda channel, m: _feed_within_window(channel, m, extended=True),
+    }
+
+
+def without_client_text(message: str) -> str:
+    """A paramiko log line with the text the client chose (banner, disconnect reason,
+    algorithm names) cut out, and any other control character escaped."""
+    for pattern, replacement in CLIENT_TEXT:
+        message = pattern.sub(replacement, message)
+    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    return escaped[:MAX_LOG_LINE]
+
+
+def _feed_within_window(channel: paramiko.Channel, m: Message, *, extended: bool) -> None:
+    """Buffer a channel's data only within the window we advertised; an overrun ends the
+    connection (paramiko would buffer it all, however much, on a channel nobody reads)."""
+    start = m.packet.tell()
+    if extended:
+        m.get_int()  # the data type code
+    data = m.get_binary()
+    # Unacknowledged bytes: still buffered, or read but not yet granted back by WINDOW_ADJUST.
+    outstanding = len(channel.in_buffer) + len(channel.in_stderr_buffer) + channel.in_window_sofar
+    if outstanding + len(data) > channel.in_window_size:
+        log.warning("sftp session %s: channel window overrun, disconnected",
+                    channel.transport.server_object.id)
+        raise SSHException("channel window overrun")  # the transport closes the connection
+    if extended:
+        m.packet.seek(start)
+        channel._feed_extended(m)
+    else:
+        channel._feed(data)
 
 
 # -- authentication and channel policy --------------------------------------------------------
@@ -164,6 +236,8 @@ class SshSession(paramiko.ServerInterface):
         self._failure_audited = False
         self._prompt: str | None = None
         self._channels = 0
+        self._refusals = 0
+        self._opening = 0  # handles being opened now, not yet in a channel's table
 
     # -- logging in --
     def get_allowed_auths(self, username):
@@ -241,8 +315,12 @@ class SshSession(paramiko.ServerInterface):
         if not isinstance(exc, AuthFailed | Banned):
             raise exc
         self._failure_audited = True  # common.auth audited it (or counted it)
-        # A banned address or a frozen name gets no more tries on this connection.
-        self.must_disconnect = isinstance(exc, Banned | LockedOut)
+        # As on FTPS, every refusal of a name counts alike (locked, unknown, wrong secret,
+        # allow-list, MFA not enrolled), so each closes the connection after the same number
+        # of tries; a banned address, which says nothing about the name, is closed at once.
+        self._refusals += 1
+        self.must_disconnect = isinstance(exc, Banned) or \
+            self._refusals >= self.services.settings.lockout_threshold
         return AUTH_FAILED
 
     def _logged_in(self, result: auth.AuthResult) -> int:
@@ -318,6 +396,21 @@ class SshSession(paramiko.ServerInterface):
                 log.warning("sftp session %s: could not audit a refusal (%s)", self.id, exc.code)
         return False
 
+    # -- open files and folders, over all the connection's channels --
+    @contextlib.contextmanager
+    def handle_slot(self):
+        """Room for one more handle on this connection while it is being opened, or a refusal."""
+        with self.lock:
+            held = sum(len(s.file_table) + len(s.folder_table) for s in self.subsystems)
+            if held + self._opening >= MAX_HANDLES:
+                raise SealdropError("Too many open files and folders in this session; close some first")
+            self._opening += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self._opening -= 1
+
     # -- activity, for the idle timeout --
     def is_idle(self, now: float, idle_timeout: float) -> bool:
         return self.busy == 0 and now - self.last_activity > idle_timeout
@@ -370,8 +463,6 @@ class WorkspaceSFTP(paramiko.SFTPServerInterface):
         return [_attributes(entry) for entry in self.ws.list_dir(path)]
 
     def open(self, path, flags, attr):
-        if len(self.handles) >= MAX_HANDLES:
-            raise SealdropError("Too many open files in this session")
         access = flags & (os.O_RDONLY | os.O_WRONLY | os.O_RDWR)
         if access == os.O_RDONLY:
             return DownloadHandle(self, self.ws.fingerprint(path))
@@ -549,10 +640,15 @@ class DownloadHandle(paramiko.SFTPHandle):
         self._base = 0  # the file offset of self._buffer[0]
         self._buffer = bytearray()
         self._at_end = False
+        self._failure: Exception | None = None
         self._closed = False
         sftp.handles.add(self)
 
     def read(self, offset, length):
+        if self._failure is not None:
+            # Never an EOF after a failed check or a broken stream: a retrying or pipelining
+            # client would take what it had as the whole file.
+            raise self._failure.with_traceback(None)  # not a traceback growing with each read
         if offset >= self.entry.size:
             self._finish_if_read_through()
             return b""
@@ -578,7 +674,11 @@ class DownloadHandle(paramiko.SFTPHandle):
 
     def _fill(self, until: int) -> None:
         while self._stream_offset < until and not self._at_end:
-            block = next(self._blocks, None)  # the last next() verifies a whole-file read
+            try:
+                block = next(self._blocks, None)  # the last next() verifies a whole-file read
+            except Exception as exc:
+                self._failure, self._at_end = exc, True  # the stream audited its own failure
+                raise
             if block is None:
                 self._at_end = True
             else:
@@ -598,7 +698,8 @@ class DownloadHandle(paramiko.SFTPHandle):
             return
         self._closed = True
         self.sftp.handles.discard(self)
-        self._finish_if_read_through()
+        if self._failure is None:
+            self._finish_if_read_through()
         self._end_stream("ok", "partial read")
 
     def end_session(self):
@@ -699,9 +800,10 @@ class WorkspaceSFTPServer(SFTPServer):
     def _process(self, t, request_number, msg):
         if t not in CMD_NAMES:
             raise Unsupported("Unknown request type")
-        if t in (CMD_OPEN, CMD_OPENDIR) and len(self.file_table) + len(self.folder_table) >= MAX_HANDLES:
-            raise SealdropError("Too many open files and folders in this session; close some first")
-        if t == CMD_CLOSE:
+        if t in (CMD_OPEN, CMD_OPENDIR):
+            with self.session.handle_slot():
+                super()._process(t, request_number, msg)
+        elif t == CMD_CLOSE:
             self._close(request_number, msg.get_binary())
         elif t == CMD_FSETSTAT:
             handle, attr = self._file(msg.get_binary()), SFTPAttributes._from_msg(msg)

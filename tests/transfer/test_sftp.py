@@ -6,7 +6,9 @@ tool fails the test: CI installs them all.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import io
 import logging
 import os
 import signal
@@ -14,6 +16,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,19 +24,24 @@ from pathlib import Path
 import paramiko
 import pyotp
 import pytest
+from paramiko.common import cMSG_CHANNEL_DATA, cMSG_CHANNEL_REQUEST, cMSG_DISCONNECT, cMSG_USERAUTH_INFO_RESPONSE
+from paramiko.message import Message
 from paramiko.sftp import (
-    CMD_EXTENDED, CMD_HANDLE, CMD_INIT, CMD_OPEN, CMD_OPENDIR, CMD_READ, CMD_STATUS, CMD_VERSION,
+    CMD_CLOSE, CMD_EXTENDED, CMD_HANDLE, CMD_INIT, CMD_OPEN, CMD_OPENDIR, CMD_READ, CMD_STATUS, CMD_VERSION,
     CMD_WRITE, SFTP_BAD_MESSAGE, SFTP_FAILURE, SFTP_OP_UNSUPPORTED, int64,
 )
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from common import accounts, auth, totp
+from common import accounts, auth, jobs, totp
+from common.cipherstream import CHUNK_SIZE, chunk_offset
 from common.errors import AuthFailed, NotFound
-from common.models import AuditEvent, User
+from common.models import AuditEvent, DefenderFailure, FileVersion, User
+from common.services import Services
 from common.vfs import Principal, Workspace
 from tests.fixtures import STRONG_PASSWORD, client_env, tool
 from tests.transfer.sftp_door import (
-    SftpStatus, close_checked, connect, fresh_source, open_transport, start_sftp_server, write_host_key,
+    SftpStatus, StatusSFTPClient, close_checked, connect, fresh_source, open_transport, start_sftp_server,
+    write_host_key,
 )
 from transfer.sftp import CIPHERS, MACS, Limits
 
@@ -740,3 +748,346 @@ def test_a_permission_refusal_is_audited_once(login, services, account):
     assert refused.value.errno == 13
     denied = events(services, account.id, action="denied")
     assert [(e.detail, e.status) for e in denied] == [("upload", "refused")]
+
+
+# -- issue 9: pre-auth parsing, failed downloads, windows and handles, refusals, logs -------------
+
+def _server_side(server) -> paramiko.Transport:
+    """The server transport of the one connection a private server holds."""
+    return wait_for(lambda: next((t for _, t in list(server._sessions.values()) if t is not None), None))
+
+
+class _ClaimsMany(list):
+    """No answers at all, claiming 2^32 - 1 of them: paramiko's client sends the claimed count."""
+
+    def __len__(self):
+        return 0xFFFFFFFF
+
+
+def _unasked_response(client: paramiko.Transport) -> None:
+    response = Message()
+    response.add_byte(cMSG_USERAUTH_INFO_RESPONSE)
+    response.add_int(0xFFFFFFFF)  # paramiko would read that many answers from an empty message
+    client._send_message(response)
+
+
+def _too_many_answers(client: paramiko.Transport) -> None:
+    with pytest.raises(paramiko.SSHException):  # AuthenticationException is one
+        client.auth_interactive("anyone", lambda title, instructions, prompts: _ClaimsMany())
+
+
+@pytest.mark.parametrize("send", [_unasked_response, _too_many_answers], ids=["unasked", "too many answers"])
+def test_keyboard_interactive_answers_we_did_not_ask_for_end_the_connection(services, sftp_host_key_file, send):
+    server = start_sftp_server(services, sftp_host_key_file)
+    client = None
+    try:
+        client = open_transport(server.port, source=fresh_source())
+        served = _server_side(server)
+        send(client)
+        assert wait_for(lambda: not client.is_active(), timeout=10)
+        assert wait_for(lambda: not served.is_alive(), timeout=10), "the server is still reading answers"
+    finally:
+        if client is not None:
+            client.close()
+        server.stop()
+
+
+def _stored_file(services, account, path: str, data: bytes) -> FileVersion:
+    """A file uploaded and ingested into the object store; its version row."""
+    services.store.ensure_bucket()
+    ws = workspace(services, account)
+    upload = ws.open_write(path)
+    upload.write(data)
+    upload.commit()
+    with services.db.session() as session:
+        version_id = ws._resolve(session, path).node.current_version_id
+    assert jobs.ingest_version(services, version_id) == "stored"
+    with services.db.session() as session:
+        version = session.get(FileVersion, version_id)
+        session.expunge(version)
+        return version
+
+
+def _read_at(client, handle, offset: int, length: int = 32 * 1024) -> str | bytes:
+    try:
+        _, msg = client._request(CMD_READ, handle.handle, int64(offset), length)
+    except EOFError:
+        return "eof"
+    except SftpStatus:
+        return "failed"
+    return msg.get_binary()
+
+
+def _read_until_failure(client, handle, size: int) -> int:
+    """Read from the start, 32 KiB at a time; the offset of the first failed read."""
+    offset = 0
+    while True:
+        got = _read_at(client, handle, offset)
+        if got == "failed":
+            return offset
+        assert got != "eof" and offset < size, "the damaged file was read to its end"
+        offset += len(got)
+
+
+def test_a_download_failing_a_chunk_tag_fails_every_later_read(sftp_server, services, account):
+    data = os.urandom(4 * CHUNK_SIZE)
+    version = _stored_file(services, account, "/damaged.bin", data)
+    stored = bytearray(b"".join(services.store.read(version.storage_key)))
+    stored[chunk_offset(2) + 100] ^= 1  # one flipped bit in the third chunk of the stored object
+    services.store.put(version.storage_key, io.BytesIO(bytes(stored)), len(stored))
+    transport, client = connect(sftp_server.port, account.admin_username, password=account.password)
+    try:
+        handle = client.open("/damaged.bin", "rb")
+        failed_at = _read_until_failure(client, handle, len(data))
+        assert failed_at == 2 * CHUNK_SIZE
+        # A client retrying (or with reads pipelined past the failure) never gets an EOF.
+        assert [_read_at(client, handle, failed_at) for _ in range(2)] == ["failed", "failed"]
+        assert _read_at(client, handle, len(data)) == "failed"
+        assert _read_at(client, handle, 0) == "failed"
+    finally:
+        transport.close()
+    assert any(e.status == "failed" and e.detail == "integrity failure"
+               for e in events(services, account.id, action="download"))
+
+
+def test_a_download_failing_its_fingerprint_fails_every_later_read(sftp_server, services, account):
+    data = os.urandom(100_000)
+    version = _stored_file(services, account, "/mismatch.bin", data)
+    with services.db.session() as session:
+        # The recorded fingerprint disagrees with the content: no real way to make the chunk
+        # tags pass over other content, so the row is changed instead.
+        session.get(FileVersion, version.id).sha256 = hashlib.sha256(b"other content").digest()
+    transport, client = connect(sftp_server.port, account.admin_username, password=account.password)
+    try:
+        handle = client.open("/mismatch.bin", "rb")
+        failed_at = _read_until_failure(client, handle, len(data))
+        assert [_read_at(client, handle, failed_at) for _ in range(2)] == ["failed", "failed"]
+        assert _read_at(client, handle, len(data)) == "failed"
+    finally:
+        transport.close()
+
+
+class CuttingRelay:
+    """A TCP relay to the object store whose responses stop after a byte budget: a real outage
+    in the middle of a download (the store itself is shared, so it is not stopped)."""
+
+    def __init__(self, upstream: str, budget: int):
+        host, port = upstream.rsplit(":", 1)
+        self.upstream, self.budget = (host, int(port)), budget
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            store = socket.create_connection(self.upstream, timeout=20)
+            threading.Thread(target=self._pump, args=(client, store, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(store, client, self.budget), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket, budget: int | None) -> None:
+        try:
+            while budget is None or budget > 0:
+                data = source.recv(64 * 1024)
+                if not data:
+                    break
+                data = data if budget is None else data[:budget]
+                budget = None if budget is None else budget - len(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_a_download_cut_by_a_store_outage_fails_every_later_read(services, sftp_host_key_file, account):
+    data = os.urandom(16 * CHUNK_SIZE)
+    _stored_file(services, account, "/cut.bin", data)
+    relay = CuttingRelay(services.settings.s3_endpoint, budget=len(data) // 2)
+    cut = Services(dataclasses.replace(services.settings, s3_endpoint=relay.endpoint))
+    server = start_sftp_server(cut, sftp_host_key_file)
+    transport = None
+    try:
+        transport, client = connect(server.port, account.admin_username, password=account.password)
+        handle = client.open("/cut.bin", "rb")
+        failed_at = _read_until_failure(client, handle, len(data))
+        assert 0 < failed_at < len(data)  # some blocks arrived before the outage
+        assert [_read_at(client, handle, failed_at) for _ in range(2)] == ["failed", "failed"]
+        assert _read_at(client, handle, len(data)) == "failed"
+    finally:
+        if transport is not None:
+            transport.close()
+        server.stop()
+        cut.close()
+        relay.close()
+    assert any(e.status == "failed" and e.detail == "store unavailable"
+               for e in events(services, account.id, action="download"))
+
+
+def test_a_channel_fed_past_its_window_ends_the_connection(sftp_server, account):
+    transport, _ = connect(sftp_server.port, account.admin_username, password=account.password)
+    try:
+        channel = transport.open_session()  # no subsystem: nothing on the server ever reads it
+        window, piece = channel.out_window_size, b"x" * (channel.out_max_packet_size // 2)
+        sent = 0
+        while sent <= window + 1024 * 1024 and transport.is_active():
+            data = Message()  # paramiko's client would wait for the window: send it by hand
+            data.add_byte(cMSG_CHANNEL_DATA)
+            data.add_int(channel.remote_chanid)
+            data.add_string(piece)
+            try:
+                transport._send_user_message(data)
+            except (EOFError, OSError):
+                break  # the server has closed the connection already
+            sent += len(piece)
+        assert wait_for(lambda: not transport.is_active(), timeout=10), "the server buffered past its window"
+    finally:
+        transport.close()
+
+
+def test_open_handles_are_capped_per_connection_over_all_channels(sftp_server, account):
+    from transfer.sftp import MAX_HANDLES
+    transport, first = connect(sftp_server.port, account.admin_username, password=account.password)
+    try:
+        clients = [first] + [StatusSFTPClient.from_transport(transport) for _ in range(3)]
+        held = [(client, client._request(CMD_OPENDIR, "/")[1].get_binary())
+                for client in clients for _ in range(MAX_HANDLES // len(clients))]
+        assert len(held) == MAX_HANDLES
+        for client in clients:
+            with pytest.raises(SftpStatus):
+                client._request(CMD_OPENDIR, "/")
+        owner, handle = held[0]
+        owner._request(CMD_CLOSE, handle)
+        clients[-1]._request(CMD_OPENDIR, "/")  # a slot freed on one channel serves another
+    finally:
+        transport.close()
+
+
+# Refusals: every kind leaves the connection in the same state after the same number of tries.
+
+def _connection_states(port: int, username: str, password: str, source: str,
+                       tries: int = 5, connections: int = 2) -> list[list[str]]:
+    """After each refused password, whether the connection is still open; per connection."""
+    states = []
+    for _ in range(connections):
+        transport, seen = open_transport(port, source=source), []
+        try:
+            for _ in range(tries):
+                with pytest.raises(paramiko.SSHException):  # refused, or refused and closed
+                    transport.auth_password(username, password)
+                seen.append("open" if _still_open(transport) else "closed")
+                if seen[-1] == "closed":
+                    break
+        finally:
+            transport.close()
+        states.append(seen)
+    return states
+
+
+def _still_open(transport: paramiko.Transport) -> bool:
+    # A pre-auth global request is answered (refused) on an open connection only; the server
+    # handles it after the login attempt before it, so the state seen here is settled.
+    try:
+        transport.global_request("probe@example.test", wait=True)
+    except (EOFError, OSError):
+        return False  # the server had closed it before the request went out
+    return transport.is_active()
+
+
+def test_every_refusal_leaves_the_same_connection_state(sftp_server, services, make_account, make_user):
+    threshold = services.settings.lockout_threshold
+    expected = [["open"] * (threshold - 1) + ["closed"]] * 2
+    plain, restricted, mfa = make_account(), make_account(), make_account()
+    with services.db.session() as session:
+        auth.add_ip_rule(session, services.keyring, session.get(accounts.Account, restricted.id), "10.0.0.0/8")
+        auth.set_policy(session, services.keyring, session.get(accounts.Account, mfa.id), require_mfa=True)
+    _, locked_real = make_user(plain)
+    locked_unknown = "nobody" + os.urandom(5).hex()
+    for name in (locked_real, locked_unknown):
+        for _ in range(threshold):
+            with pytest.raises(AuthFailed):
+                auth.authenticate(services, name, "wrong-wrong-wrong", method="password", protocol="web",
+                                  ip=fresh_source())
+        assert auth.is_locked_out(services, name)
+    cases = {
+        "wrong password": (make_user(plain)[1], "not-the-password-1"),
+        "unknown name": ("nobody" + os.urandom(5).hex(), STRONG_PASSWORD),
+        "locked real user": (locked_real, STRONG_PASSWORD),
+        "locked unknown name": (locked_unknown, STRONG_PASSWORD),
+        "allow-list": (make_user(restricted)[1], STRONG_PASSWORD),
+        "mfa not enrolled": (make_user(mfa)[1], STRONG_PASSWORD),
+    }
+    states = {case: _connection_states(sftp_server.port, name, password, fresh_source())
+              for case, (name, password) in cases.items()}
+    assert states == {case: expected for case in cases}
+
+
+# Connections that end unauthenticated: counted for the defender, their events rate-limited.
+
+def test_unauthenticated_ends_are_counted_and_their_events_rate_limited(sftp_server, services, account):
+    source, ends = fresh_source(), 8
+    for _ in range(ends):
+        transport = open_transport(sftp_server.port, source=source)
+        try:
+            with pytest.raises(paramiko.BadAuthenticationType):
+                transport.auth_none(account.admin_username)
+        finally:
+            transport.close()
+    with services.db.session() as session:
+        counted = lambda: session.scalar(select(func.count()).where(DefenderFailure.ip == source))  # noqa: E731
+        assert wait_for(lambda: counted() >= ends) and counted() == ends
+    assert wait_for(lambda: len(events(services, account.id, action="login_failed")) >= 4)
+    recorded = [e.detail for e in events(services, account.id, action="login_failed")]
+    summary = auth.UNAUTHENTICATED_ENDS_AUDITED_PER_MINUTE
+    assert recorded[:summary] == ["connection ended before authentication"] * summary
+    assert recorded[summary:] == ["connection ended before authentication; more from this address for "
+                                  "this name within 60 s are counted, not recorded"]
+
+
+# Client text in paramiko's log lines.
+
+def test_client_banner_and_disconnect_text_never_reach_the_logs_raw(sftp_server, account):
+    forged = f"\r\n\x1b[2K{account.admin_username} logged in\x1b[0m"
+    with server_logs() as logs:
+        sock = socket.create_connection(("127.0.0.1", sftp_server.port), timeout=20)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport = paramiko.Transport(sock)
+        transport.local_version = "SSH-2.0-Evil\x1b[31m\r" + account.admin_username
+        try:
+            transport.start_client(timeout=20)
+            bye = Message()
+            bye.add_byte(cMSG_DISCONNECT)
+            bye.add_int(11)
+            bye.add_string("bye" + forged)
+            bye.add_string("en")
+            transport._send_message(bye)
+            assert wait_for(lambda: any("Disconnect" in m for _, m, _ in logs.records), timeout=10)
+        finally:
+            transport.close()
+        transport, _ = connect(sftp_server.port, account.admin_username, password=account.password)
+        try:
+            channel = transport.open_session()
+            request = Message()  # a request type paramiko logs (at DEBUG) as it came
+            request.add_byte(cMSG_CHANNEL_REQUEST)
+            request.add_int(channel.remote_chanid)
+            request.add_string("x-" + forged)
+            request.add_boolean(False)
+            transport._send_user_message(request)
+            with pytest.raises(paramiko.SSHException):
+                channel.exec_command("id")  # answered after the request above was handled
+        finally:
+            transport.close()
+    messages = [message for _, message, _ in logs.records]
+    assert any(m.startswith("Connected") for m in messages)  # paramiko's line is there, cut short
+    for message in messages:
+        assert account.admin_username not in message
+        assert not {"\r", "\n", "\x1b"} & set(message), repr(message)
