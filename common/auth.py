@@ -263,9 +263,12 @@ def _reload(services: Services, pending: AuthResult) -> _Login:
 
 
 def _mfa_state(policy: PasswordPolicy | None, user: User) -> str:
-    if policy is None or not policy.require_mfa or user.mfa_exempt:
+    """A user who enrolled is asked for codes whether or not the account requires MFA."""
+    if user.mfa_exempt:
         return "off"
-    return "enrolled" if user.totp_enrolled_at is not None and user.totp_secret_sealed else "unenrolled"
+    if user.totp_enrolled_at is not None and user.totp_secret_sealed:
+        return "enrolled"
+    return "unenrolled" if policy is not None and policy.require_mfa else "off"
 
 
 # -- refusals before any secret is checked -----------------------------------------------------

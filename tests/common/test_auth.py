@@ -267,7 +267,8 @@ def first_factor(services, user: MfaUser, protocol: str, method: str):
 MFA_MATRIX = [
     # (door, method, require_mfa, exempt, enrolled, expected)
     ("web", "password", False, False, False, "in"),
-    ("web", "password", False, False, True, "in"),        # enrolled, but the account asks nothing
+    ("web", "password", False, False, True, "code"),      # enrolled on their own: asked all the same
+    ("web", "password", False, True, True, "in"),         # an exempt service user is never asked
     ("web", "password", True, False, True, "code"),
     ("web", "password", True, False, False, "enrol"),
     ("web", "password", True, True, False, "in"),
@@ -278,12 +279,16 @@ MFA_MATRIX = [
     ("sftp", "publickey", False, False, False, "in"),
     ("sftp", "publickey", True, False, True, "code"),
     ("sftp", "publickey", True, False, False, "refused"),
+    ("sftp", "password", False, False, True, "code"),
+    ("sftp", "publickey", False, False, True, "code"),
     ("ftps", "password", False, False, False, "in"),
     ("ftps", "app_password", False, False, False, "in"),
     ("ftps", "password", True, False, True, "refused"),   # the account password is a wrong one
     ("ftps", "app_password", True, False, True, "in"),
     ("ftps", "app_password", True, False, False, "refused"),
     ("ftps", "password", True, True, False, "in"),
+    ("ftps", "password", False, False, True, "refused"),
+    ("ftps", "app_password", False, False, True, "in"),
 ]
 
 
