@@ -12,9 +12,10 @@ import binascii
 import ipaddress
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from common.errors import ConfigError
 
@@ -34,7 +35,12 @@ class MasterKey:
     key: bytes = field(repr=False)
 
 
-@dataclass(frozen=True)
+# URL settings that may carry a password: shown without it wherever settings are printed.
+URL_SETTINGS = ("database_url", "redis_url", "smtp_url")
+SECRET_QUERY_WORDS = ("password", "secret", "token", "key")
+
+
+@dataclass(frozen=True, repr=False)
 class Settings:
     app_env: str
     database_url: str
@@ -71,6 +77,18 @@ class Settings:
     defender_window_seconds: int
     defender_ban_seconds: int
     max_sessions_per_ip: int
+
+    def __repr__(self) -> str:
+        # Secrets are left out (repr=False fields) and URLs lose their passwords, so settings
+        # printed in a log or a traceback give nothing away.
+        shown = []
+        for item in fields(self):
+            if item.repr:
+                value = getattr(self, item.name)
+                if item.name in URL_SETTINGS:
+                    value = redact_url(value)
+                shown.append(f"{item.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
     @property
     def is_development(self) -> bool:
@@ -186,6 +204,23 @@ def parse_master_keys(text: str) -> tuple[MasterKey, ...]:
     if len({k.kid for k in keys}) != len(keys):
         raise ConfigError("MASTER_KEYS has a key id twice")
     return tuple(keys)
+
+
+def redact_url(url: str | None) -> str | None:
+    """The URL with its password (and any secret query parameter) replaced by ***."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            userinfo, _, host = netloc.rpartition("@")
+            netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+        query = urlencode([(k, "***" if any(w in k.lower() for w in SECRET_QUERY_WORDS) else v)
+                           for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
+    except ValueError:
+        return "***"
 
 
 def normalise_database_url(url: str) -> str:
