@@ -530,6 +530,31 @@ def test_defender_bans_after_both_thresholds(strict_defender, account, make_user
     assert login(strict_defender, names[1], STRONG_PASSWORD, ip=random_ip())
 
 
+def test_defender_counts_an_ipv6_client_by_its_64(strict_defender, account, make_user):
+    names = [make_user(account)[1] for _ in range(3)] + ["ghost-" + secrets.token_hex(3)]
+    prefix = f"2001:db8:{secrets.randbelow(0xffff):x}:{secrets.randbelow(0xffff):x}"
+    addresses = [f"{prefix}:{secrets.randbelow(0xffff):x}::{n + 1}" for n in range(len(names))]
+    for name, ip in zip(names, addresses):  # every guess from another address of one /64
+        assert not auth.is_banned(strict_defender, ip)
+        refused(lambda: login(strict_defender, name, "wrong-password", ip=ip))
+    neighbour = f"{prefix}:ffff:ffff:ffff:fff0"
+    assert auth.is_banned(strict_defender, neighbour)
+    with pytest.raises(Banned):
+        login(strict_defender, names[0], STRONG_PASSWORD, ip=neighbour)
+    other_64 = f"2001:db8:{secrets.randbelow(0xffff):x}:{secrets.randbelow(0xffff):x}::1"
+    assert not auth.is_banned(strict_defender, other_64)
+    assert login(strict_defender, names[0], STRONG_PASSWORD, ip=other_64)
+
+
+def test_address_groups():
+    assert auth.address_group("203.0.113.9") == "203.0.113.9"
+    assert auth.address_group("::ffff:203.0.113.9") == "203.0.113.9"
+    assert auth.address_group("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
+    assert auth.address_group("[2001:db8:1:2::7%eth0]") == "2001:db8:1:2::/64"
+    assert auth.address_group("::1") == "::/64"
+    assert auth.address_group("not an address") is None
+
+
 def test_defender_needs_enough_distinct_names(strict_defender, account, make_user):
     _, first = make_user(account)
     ip = random_ip()
