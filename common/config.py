@@ -77,6 +77,9 @@ class Settings:
     defender_window_seconds: int
     defender_ban_seconds: int
     max_sessions_per_ip: int
+    login_timeout_seconds: int
+    max_unauthenticated_per_ip: int
+    max_concurrent_hashes: int
 
     def __repr__(self) -> str:
         # Secrets are left out (repr=False fields) and URLs lose their passwords, so settings
@@ -157,6 +160,10 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         defender_window_seconds=_int(env, "DEFENDER_WINDOW_SECONDS", 600),
         defender_ban_seconds=_int(env, "DEFENDER_BAN_SECONDS", 600),
         max_sessions_per_ip=_int(env, "MAX_SESSIONS_PER_IP", 50),
+        login_timeout_seconds=_positive(env, "LOGIN_TIMEOUT_SECONDS", 30),
+        max_unauthenticated_per_ip=_positive(env, "MAX_UNAUTHENTICATED_PER_IP", 10),
+        # argon2id takes 19 MiB and a core per check: more at once only queues on the cores.
+        max_concurrent_hashes=_positive(env, "MAX_CONCURRENT_HASHES", 2 * (os.cpu_count() or 1)),
     )
 
 
@@ -250,6 +257,13 @@ def _int(env: Mapping[str, str], name: str, default: int | None) -> int | None:
         return int(value)
     except ValueError:
         raise ConfigError(f"{name} must be a whole number, not {value!r}") from None
+
+
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 1:
+        raise ConfigError(f"{name} must be at least 1")
+    return value
 
 
 def _path(env: Mapping[str, str], name: str) -> Path | None:
