@@ -13,9 +13,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import delete
 
-from common import auth
+from common import auth, passwords
+from common.config import load_settings
 from common.models import IpBan
 from common.services import Services
+from tests.fixtures import STRONG_PASSWORD
 from tests.transfer.ftps_door import (
     HOST, FTPSServerInfo, SessionReusingFTP_TLS, client_context, connect as ftps_connect,
     free_passive_range, quit_quietly, running_ftps,
@@ -173,3 +175,41 @@ def test_a_ban_earned_from_one_address_holds_for_its_whole_64_over_ftps(settings
         with services.db.session() as session:
             session.execute(delete(IpBan).where(IpBan.ip == auth.address_group("::1")))
         strict.close()
+
+
+# -- the defaults let a crowd of legitimate clients in -------------------------------------------
+
+def test_two_hundred_ftps_sessions_log_in_at_once_with_the_default_limits(settings, migrated, tls_files, account,
+                                                                         make_user):
+    defaults = load_settings({"APP_ENV": "test"})  # every limit at its default
+    sized = dataclasses.replace(
+        settings, max_sessions_per_ip=defaults.max_sessions_per_ip,
+        max_unauthenticated_per_ip=defaults.max_unauthenticated_per_ip,
+        login_timeout_seconds=defaults.login_timeout_seconds,
+        max_concurrent_hashes=defaults.max_concurrent_hashes)
+    sessions, per_client = 200, defaults.max_unauthenticated_per_ip
+    sources = [fresh_source() for _ in range(sessions // per_client)]
+    # Two hundred people (one user each: the lockout holds back parallel guesses at one name).
+    users = [make_user(account)[1] for _ in range(sessions)]
+    start, logged_in, errors = threading.Barrier(sessions), [], []
+
+    def log_in(n):
+        start.wait()
+        try:
+            logged_in.append(ftps_connect(server, users[n], STRONG_PASSWORD, source=sources[n % len(sources)]))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    with running_ftps(sized, tls_files) as server:
+        threads = [threading.Thread(target=log_in, args=(n,)) for n in range(sessions)]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(120)
+            assert errors == [] and len(logged_in) == sessions
+            assert all(ftp.voidcmd("NOOP").startswith("200") for ftp in logged_in)
+        finally:
+            for ftp in logged_in:
+                quit_quietly(ftp)
+    passwords.limit_concurrent_hashes(settings.max_concurrent_hashes)
