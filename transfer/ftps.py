@@ -603,10 +603,13 @@ class FTPSHandler(TLS_FTPHandler):
         return self._slot is not None
 
     def add_channel(self, map=None, events=None):
+        if self._closed:
+            return  # refused and already closed: ThreadedFTPServer still hands it to a thread
         super().add_channel(map, events)
         # ThreadedFTPServer moves each session to its own thread's IO loop: the deadline is
         # set there, so that it fires on the session's thread and never on the acceptor's.
-        if self._login_deadline is None and self.ioloop is not self.server.ioloop and not self.authenticated:
+        if (self._login_deadline is None and self._slot is not None and not self.authenticated
+                and self.ioloop is not self.server.ioloop):
             remaining = max(0.0, self._accepted_at + self.login_timeout - time.monotonic())
             self._login_deadline = self.call_later(remaining, self._login_timed_out)
 
