@@ -53,6 +53,9 @@ APP_PASSWORD_LABEL_MAX = 64
 # How long a first factor waits for its code before the login must start again.
 SECOND_FACTOR_SECONDS = 300
 MIN_RSA_BITS = 2048
+# An IPv6 client is given a /64 (RFC 6177) and may use any address in it: the per-address
+# defences count the /64 as one client.
+IPV6_CLIENT_PREFIX = 64
 MAX_KEY_LINE = 16 * 1024
 ENTERPRISE_MESSAGE = ("{what} are available on enterprise plans (t2, t5, t10) only; "
                       "this account is on the basic plan.")
@@ -226,6 +229,14 @@ def client_ip(ip: str | None) -> str | None:
     return str(address)
 
 
+def address_group(ip: str | None) -> str | None:
+    """What per-address defences count as one client: an IPv4 address, or an IPv6 /64."""
+    address = client_ip(ip)
+    if address is None or ":" not in address:
+        return address
+    return str(ipaddress.ip_network(f"{address}/{IPV6_CLIENT_PREFIX}", strict=False))
+
+
 def _effective_method(method: str, protocol: str, secret: str | bytes) -> str:
     if protocol not in DOORS or method not in METHODS:
         raise ValueError(f"unknown door or method: {protocol!r}, {method!r}")
@@ -287,9 +298,12 @@ def _reload(services: Services, pending: AuthResult) -> _Login:
 
 
 def _mfa_state(policy: PasswordPolicy | None, user: User) -> str:
-    if policy is None or not policy.require_mfa or user.mfa_exempt:
+    """A user who enrolled is asked for codes whether or not the account requires MFA."""
+    if user.mfa_exempt:
         return "off"
-    return "enrolled" if user.totp_enrolled_at is not None and user.totp_secret_sealed else "unenrolled"
+    if user.totp_enrolled_at is not None and user.totp_secret_sealed:
+        return "enrolled"
+    return "unenrolled" if policy is not None and policy.require_mfa else "off"
 
 
 # -- refusals before any secret is checked -----------------------------------------------------
@@ -564,23 +578,24 @@ def prune_login_state(session: Session, settings: Settings) -> int:
 
 def _count_for_defender(session: Session, services: Services, login: _Login) -> str | None:
     """Record a failure from an address; ban it once it crosses both thresholds (returns why)."""
-    if login.ip is None:
+    client = address_group(login.ip)
+    if client is None:
         return None
     settings = services.settings
     # Serialise per address, so concurrent failures all see each other's rows.
-    session.execute(select(func.pg_advisory_xact_lock(_address_lock_key(login.ip))))
+    session.execute(select(func.pg_advisory_xact_lock(_address_lock_key(client))))
     now = _db_now(session)
     start = now - timedelta(seconds=settings.defender_window_seconds)
     session.execute(delete(DefenderFailure)
-                    .where(DefenderFailure.ip == login.ip, DefenderFailure.at <= start))
-    session.add(DefenderFailure(ip=login.ip, subject=login.subject, at=now))
+                    .where(DefenderFailure.ip == client, DefenderFailure.at <= start))
+    session.add(DefenderFailure(ip=client, subject=login.subject, at=now))
     session.flush()
     total, names = session.execute(
         select(func.count(), func.count(distinct(DefenderFailure.subject)))
-        .where(DefenderFailure.ip == login.ip, DefenderFailure.at > start)).one()
+        .where(DefenderFailure.ip == client, DefenderFailure.at > start)).one()
     if total < settings.defender_max_failures or names < settings.defender_min_users:
         return None
-    _ban(session, login.ip, now + timedelta(seconds=settings.defender_ban_seconds))
+    _ban(session, client, now + timedelta(seconds=settings.defender_ban_seconds))
     log.warning("defender banned an address for %s s", settings.defender_ban_seconds)
     return (f"address banned for {settings.defender_ban_seconds} s after {total} failed logins "
             f"for {names} user names")
@@ -595,7 +610,7 @@ def _ban(session: Session, ip: str, until: datetime) -> None:
 
 def _banned_until(session: Session, ip: str) -> datetime | None:
     return session.scalar(select(IpBan.banned_until)
-                          .where(IpBan.ip == ip, IpBan.banned_until > func.clock_timestamp()))
+                          .where(IpBan.ip == address_group(ip), IpBan.banned_until > func.clock_timestamp()))
 
 
 def _address_lock_key(ip: str) -> int:

@@ -12,9 +12,10 @@ import binascii
 import ipaddress
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from common.errors import ConfigError
 
@@ -34,7 +35,12 @@ class MasterKey:
     key: bytes = field(repr=False)
 
 
-@dataclass(frozen=True)
+# URL settings that may carry a password: shown without it wherever settings are printed.
+URL_SETTINGS = ("database_url", "redis_url", "smtp_url")
+SECRET_QUERY_WORDS = ("password", "secret", "token", "key")
+
+
+@dataclass(frozen=True, repr=False)
 class Settings:
     app_env: str
     database_url: str
@@ -71,6 +77,21 @@ class Settings:
     defender_window_seconds: int
     defender_ban_seconds: int
     max_sessions_per_ip: int
+    login_timeout_seconds: int
+    max_unauthenticated_per_ip: int
+    max_concurrent_hashes: int
+
+    def __repr__(self) -> str:
+        # Secrets are left out (repr=False fields) and URLs lose their passwords, so settings
+        # printed in a log or a traceback give nothing away.
+        shown = []
+        for item in fields(self):
+            if item.repr:
+                value = getattr(self, item.name)
+                if item.name in URL_SETTINGS:
+                    value = redact_url(value)
+                shown.append(f"{item.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
     @property
     def is_development(self) -> bool:
@@ -139,6 +160,10 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         defender_window_seconds=_int(env, "DEFENDER_WINDOW_SECONDS", 600),
         defender_ban_seconds=_int(env, "DEFENDER_BAN_SECONDS", 600),
         max_sessions_per_ip=_int(env, "MAX_SESSIONS_PER_IP", 50),
+        login_timeout_seconds=_positive(env, "LOGIN_TIMEOUT_SECONDS", 30),
+        max_unauthenticated_per_ip=_positive(env, "MAX_UNAUTHENTICATED_PER_IP", 10),
+        # argon2id takes 19 MiB and a core per check: more at once only queues on the cores.
+        max_concurrent_hashes=_positive(env, "MAX_CONCURRENT_HASHES", 2 * (os.cpu_count() or 1)),
     )
 
 
@@ -188,6 +213,23 @@ def parse_master_keys(text: str) -> tuple[MasterKey, ...]:
     return tuple(keys)
 
 
+def redact_url(url: str | None) -> str | None:
+    """The URL with its password (and any secret query parameter) replaced by ***."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            userinfo, _, host = netloc.rpartition("@")
+            netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+        query = urlencode([(k, "***" if any(w in k.lower() for w in SECRET_QUERY_WORDS) else v)
+                           for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
+    except ValueError:
+        return "***"
+
+
 def normalise_database_url(url: str) -> str:
     """Point postgres URLs at the psycopg 3 driver, whatever scheme the provider gives."""
     for prefix in ("postgres://", "postgresql://"):
@@ -215,6 +257,13 @@ def _int(env: Mapping[str, str], name: str, default: int | None) -> int | None:
         return int(value)
     except ValueError:
         raise ConfigError(f"{name} must be a whole number, not {value!r}") from None
+
+
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 1:
+        raise ConfigError(f"{name} must be at least 1")
+    return value
 
 
 def _path(env: Mapping[str, str], name: str) -> Path | None:

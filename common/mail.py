@@ -19,11 +19,18 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from common.config import Settings
-from common.errors import ConfigError
+from common.errors import ConfigError, SealdropError
 
 log = logging.getLogger(__name__)
 
 SMTP_TIMEOUT = 30
+
+
+class MailNotSent(SealdropError):
+    """The SMTP server refused or lost a message: says how, never to whom."""
+
+    code = "mail_not_sent"
+    default_message = "The mail could not be sent"
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,25 @@ def build(settings: Settings, message: Message) -> EmailMessage:
 
 
 def _send_smtp(server: SmtpServer, email: EmailMessage) -> None:
+    try:
+        _deliver(server, email)
+    except smtplib.SMTPException as exc:
+        # smtplib's errors carry the recipients, and servers' replies repeat them; this error
+        # reaches logs and RQ's failed-job records, so only the SMTP code goes on (no chain).
+        raise MailNotSent(_smtp_failure(exc)) from None
+
+
+def _smtp_failure(exc: smtplib.SMTPException) -> str:
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        codes = sorted({code for code, _ in exc.recipients.values()})
+        return f"SMTP refused all {len(exc.recipients)} recipient(s) (codes {codes})"
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return f"SMTP {type(exc).__name__}: code {exc.smtp_code}"
+    text = str(exc)  # smtplib's own wording (no STARTTLS, disconnected) names nobody
+    return f"SMTP {type(exc).__name__}" + (f": {text}" if "@" not in text else "")
+
+
+def _deliver(server: SmtpServer, email: EmailMessage) -> None:
     context = ssl.create_default_context()
     if server.implicit_tls:
         client = smtplib.SMTP_SSL(server.host, server.port, timeout=SMTP_TIMEOUT, context=context)

@@ -6,8 +6,11 @@ unknown user names cost the same work as known ones.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import string
+import threading
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -21,22 +24,61 @@ _DUMMY_HASH = _HASHER.hash("sealdrop-dummy-password-for-unknown-users")
 _work = itertools.count(1)
 _work_done = 0
 
+
+class _HashBound:
+    """At most `limit` hashes at once in this process (19 MiB each); callers wait their turn.
+
+    It also remembers the most hashes it ever saw running at once, which tests read.
+    """
+
+    def __init__(self, limit: int):
+        self._condition = threading.Condition()
+        self.limit, self.running, self.peak = limit, 0, 0
+
+    @contextlib.contextmanager
+    def slot(self):
+        with self._condition:
+            self._condition.wait_for(lambda: self.running < self.limit)
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            yield
+        finally:
+            with self._condition:
+                self.running -= 1
+                self._condition.notify()
+
+    def set_limit(self, limit: int) -> None:
+        with self._condition:
+            self.limit = limit
+            self._condition.notify_all()
+
+
+_bound = _HashBound(2 * (os.cpu_count() or 1))
+
 MIN_LENGTH = 8
 MAX_LENGTH = 256
 # zxcvbn scores 0..4; below 3 is guessable within about 10^8 attempts offline.
 MIN_STRENGTH = 3
 
 
+def limit_concurrent_hashes(limit: int) -> None:
+    """Set how many password hashes may run at once in this process (MAX_CONCURRENT_HASHES)."""
+    _bound.set_limit(limit)
+
+
 def hash_password(password: str) -> str:
     """The argon2id hash stored for a password."""
-    return _HASHER.hash(password)
+    with _bound.slot():
+        return _HASHER.hash(password)
 
 
 def verify_password(stored_hash: str | None, password: str) -> bool:
     """Check a password; with no stored hash, run the same work against a dummy hash."""
     _count_work()
     try:
-        return _HASHER.verify(stored_hash or _DUMMY_HASH, password) and stored_hash is not None
+        with _bound.slot():
+            return _HASHER.verify(stored_hash or _DUMMY_HASH, password) and stored_hash is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 
@@ -49,6 +91,14 @@ def burn_password_work(password: str) -> None:
 def hashing_work_done() -> int:
     """How many password checks this process has run (tests compare it, never time it)."""
     return _work_done
+
+
+def peak_concurrent_hashes(*, reset: bool = False) -> int:
+    """The most password hashes seen running at once in this process (optionally start afresh)."""
+    peak = _bound.peak
+    if reset:
+        _bound.peak = _bound.running
+    return peak
 
 
 def _count_work() -> None:

@@ -5,6 +5,7 @@ import logging
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from common import passwords
 from common.config import Settings
 from common.crypto import Keyring, MasterKeyRing
 from common.db import Database
@@ -21,6 +22,7 @@ class Services:
     keyring: Keyring = field(init=False)
 
     def __post_init__(self):
+        passwords.limit_concurrent_hashes(self.settings.max_concurrent_hashes)
         self.db = Database(self.settings.database_url)
         self.keyring = Keyring(MasterKeyRing(self.settings.master_keys))
 

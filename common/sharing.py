@@ -40,14 +40,19 @@ def find_folder(session: Session, keyring: Keyring, owner: User, folder_path: st
 
 def share_folder(session: Session, keyring: Keyring, account: Account, owner: User, folder: Node, *,
                  to: str, permission: str, actor: accounts.Actor = accounts.SYSTEM) -> Share:
-    """Share a folder with a user of the same account (by user name) or an email (a contact)."""
+    """Share a folder with a user of the same account (by user name) or an email (a contact).
+
+    A name that is no user of this account is taken as an email, wherever else it may exist.
+    """
     if permission not in PERMISSIONS:
         raise InvalidInput("Permission must be read or write.")
     if folder.owner_id != owner.id or folder.account_id != account.id:
         raise PermissionDenied("Only the folder's owner can share it.")
     grantee = accounts.find_user(session, keyring, to)
     if grantee is not None and grantee.account_id != account.id:
-        raise PermissionDenied("That user belongs to another account; sharing never crosses accounts.")
+        # Sharing never crosses accounts, and says nothing of other accounts: their user
+        # names are answered exactly as names that exist nowhere (an email-like one is an email).
+        grantee = None
     if grantee is not None and grantee.id == owner.id:
         raise InvalidInput("A folder cannot be shared with its owner.")
     contact = None if grantee is not None else contact_for_email(session, keyring, account, to)

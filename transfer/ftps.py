@@ -41,6 +41,7 @@ from pyftpdlib.ioloop import AsyncChat, IOLoop
 from pyftpdlib.servers import ThreadedFTPServer
 
 from common import auth, paths
+from common.admission import Admission
 from common.config import settings_from_environment
 from common.errors import (
     AuthFailed, Banned, ConfigError, IsAFolder, NotAFolder, NotFound, PermissionDenied, SealdropError,
@@ -562,9 +563,12 @@ class FTPSHandler(TLS_FTPHandler):
     use_sendfile = False
     banner = "Sealdrop FTPS ready; AUTH TLS required."
     timeout = 300
+    login_timeout = 30  # LOGIN_TIMEOUT_SECONDS, from the TCP accept
 
     def __init__(self, conn, server, ioloop=None):
         self.session_id = secrets.token_hex(4)
+        self._accepted_at = time.monotonic()
+        self._slot = self._login_deadline = None
         self.principal: Principal | None = None
         self._logged_in_at: float | None = None
         self._hash_algorithm = "SHA-256"
@@ -585,6 +589,39 @@ class FTPSHandler(TLS_FTPHandler):
     @property
     def workspace(self) -> Workspace | None:
         return self.fs.workspace if self.authenticated and self.fs is not None else None
+
+    # -- connection slots and the login deadline (common.admission)
+    def handle(self):
+        if self._admitted():
+            super().handle()
+
+    def _admitted(self) -> bool:
+        self._slot = self.server.admission.admit(self.remote_ip)
+        if self._slot is None:
+            log.warning("ftps session %s: refused, too many connections from its client", self.session_id)
+            self.handle_max_cons_per_ip()  # 421 and close
+        return self._slot is not None
+
+    def add_channel(self, map=None, events=None):
+        if self._closed:
+            return  # refused and already closed: ThreadedFTPServer still hands it to a thread
+        super().add_channel(map, events)
+        # ThreadedFTPServer moves each session to its own thread's IO loop: the deadline is
+        # set there, so that it fires on the session's thread and never on the acceptor's.
+        if (self._login_deadline is None and self._slot is not None and not self.authenticated
+                and self.ioloop is not self.server.ioloop):
+            remaining = max(0.0, self._accepted_at + self.login_timeout - time.monotonic())
+            self._login_deadline = self.call_later(remaining, self._login_timed_out)
+
+    def _login_timed_out(self):
+        if self.authenticated:
+            return
+        log.info("ftps session %s: login timed out", self.session_id)
+        if self._ssl_accepting:
+            self.close()  # no reply can be sent in the middle of a TLS handshake
+        else:
+            self.respond("421 Login timed out.")
+            self.close_when_done()
 
     # -- reading commands: one error translator, one place
     def collect_incoming_data(self, data):
@@ -668,6 +705,9 @@ class FTPSHandler(TLS_FTPHandler):
 
     def on_login(self, username):
         self._logged_in_at = time.monotonic()
+        self._slot.logged_in()
+        if self._login_deadline is not None:
+            self._login_deadline.cancel()
         log.info("ftps session %s: user %s logged in", self.session_id, self.principal.user_id)
 
     def on_logout(self, username):
@@ -675,6 +715,8 @@ class FTPSHandler(TLS_FTPHandler):
 
     def close(self):
         self._record_logout()  # a session that drops without QUIT ends here
+        if self._slot is not None:
+            self._slot.release()
         super().close()
 
     def _record_logout(self):
@@ -857,6 +899,8 @@ class ImplicitFTPSHandler(FTPSHandler):
     _greeted = False
 
     def handle(self):
+        if not self._admitted():
+            return
         self.on_connect()
         self.secure_connection(self.ssl_context)
 
@@ -879,6 +923,13 @@ class FTPSServer(ThreadedFTPServer):
         self._lock = threading.Lock()
         super().__init__(address, handler, ioloop=ioloop, backlog=backlog)
         self.max_cons_per_ip = handler.services.settings.max_sessions_per_ip
+        self.admission = ftps_admission(handler.services.settings, self.max_cons)
+
+
+def ftps_admission(settings, max_total: int) -> Admission:
+    """The connection slots of an FTPS process: per client, and for connections not logged in."""
+    return Admission(max_total=max_total, max_per_client=settings.max_sessions_per_ip,
+                     max_unauthenticated_per_client=settings.max_unauthenticated_per_ip)
 
 
 def handler_class(services: Services, *, implicit: bool = False) -> type[FTPSHandler]:
@@ -896,6 +947,7 @@ def handler_class(services: Services, *, implicit: bool = False) -> type[FTPSHan
         "require_session_reuse": settings.ftps_require_session_reuse,
         # pyftpdlib's per-connection limit agrees with the shared lockout threshold.
         "max_login_attempts": settings.lockout_threshold,
+        "login_timeout": settings.login_timeout_seconds,
     })
 
 
@@ -906,6 +958,7 @@ def build_servers(services: Services, host: str) -> list[FTPSServer]:
     if settings.ftps_implicit_port is not None:
         servers.append(FTPSServer((host, settings.ftps_implicit_port),
                                   handler_class(services, implicit=True), ioloop=ioloop))
+        servers[1].admission = servers[0].admission  # one process, one count for both ports
     return servers
 
 

@@ -43,6 +43,7 @@ from paramiko.sftp_server import SFTPServer
 from paramiko.ssh_exception import SSHException
 
 from common import auth, paths
+from common.admission import Admission
 from common.config import settings_from_environment
 from common.errors import (
     AlreadyExists, AuthFailed, Banned, ConfigError, InvalidInput, IsAFolder, NotAFolder,
@@ -113,8 +114,15 @@ class Limits:
 
     max_sessions: int = 500
     max_sessions_per_ip: int = 50
+    max_unauthenticated_per_ip: int = 10
     auth_timeout: float = 30.0
     idle_timeout: float = 900.0
+
+    @classmethod
+    def from_settings(cls, settings) -> "Limits":
+        return cls(max_sessions_per_ip=settings.max_sessions_per_ip,
+                   max_unauthenticated_per_ip=settings.max_unauthenticated_per_ip,
+                   auth_timeout=float(settings.login_timeout_seconds))
 
 
 # -- the transport --------------------------------------------------------------------------
@@ -874,6 +882,8 @@ class SftpServer:
         self._lock = threading.Lock()
         self._sessions: dict[threading.Thread, tuple[str, HardenedTransport | None]] = {}
         self._acceptor: threading.Thread | None = None
+        self.admission = Admission(max_total=limits.max_sessions, max_per_client=limits.max_sessions_per_ip,
+                                   max_unauthenticated_per_client=limits.max_unauthenticated_per_ip)
 
     def start(self) -> "SftpServer":
         listener = socket.create_server(self.address, reuse_port=False)
@@ -914,17 +924,17 @@ class SftpServer:
             self._admit(sock, auth.client_ip(address[0]) or address[0])
 
     def _admit(self, sock: socket.socket, ip: str) -> None:
+        slot = self.admission.admit(ip)
+        if slot is None:
+            log.warning("sftp: connection from %s refused: too many sessions", ip)
+            sock.close()
+            return
         with self._lock:
-            from_ip = sum(1 for peer, _ in self._sessions.values() if peer == ip)
-            if len(self._sessions) >= self.limits.max_sessions or from_ip >= self.limits.max_sessions_per_ip:
-                log.warning("sftp: connection from %s refused: too many sessions", ip)
-                sock.close()
-                return
-            thread = threading.Thread(target=self._serve, args=(sock, ip), name="sftp-session", daemon=True)
+            thread = threading.Thread(target=self._serve, args=(sock, ip, slot), name="sftp-session", daemon=True)
             self._sessions[thread] = (ip, None)
         thread.start()
 
-    def _serve(self, sock: socket.socket, ip: str) -> None:
+    def _serve(self, sock: socket.socket, ip: str, slot) -> None:
         session = SshSession(self.services, ip, secrets.token_hex(4))
         transport = HardenedTransport(sock)
         transport.set_log_channel(f"{__name__}.ssh")  # apart from paramiko clients in the same process
@@ -938,13 +948,15 @@ class SftpServer:
                 return
             negotiated = threading.Event()
             transport.start_server(event=negotiated, server=session)
-            self._watch(transport, session, negotiated)
+            self._watch(transport, session, negotiated, slot)
         except SealdropError as exc:
             log.warning("sftp session %s: ended by %s", session.id, exc.code)
         finally:
+            slot.release()
             self._close_session(transport, session)
 
-    def _watch(self, transport: HardenedTransport, session: SshSession, negotiated: threading.Event) -> None:
+    def _watch(self, transport: HardenedTransport, session: SshSession, negotiated: threading.Event,
+               slot) -> None:
         started, channels, reported = time.monotonic(), [], False
         while transport.is_active() and not self._stopping.is_set():
             if negotiated.is_set() and not reported:
@@ -962,6 +974,8 @@ class SftpServer:
             if not transport.is_authenticated() and now - started > self.limits.auth_timeout:
                 log.info("sftp session %s: authentication timed out", session.id)
                 return
+            if transport.is_authenticated():
+                slot.logged_in()  # no longer counts against MAX_UNAUTHENTICATED_PER_IP
             if transport.is_authenticated() and session.is_idle(now, self.limits.idle_timeout):
                 log.info("sftp session %s: idle timeout", session.id)
                 return
@@ -1015,7 +1029,7 @@ def main() -> int:
     # Development binds loopback only; a deployment listens on every interface.
     host = "0.0.0.0" if settings.app_env == "production" else "127.0.0.1"
     server = SftpServer(services, host_key, host=host, port=settings.sftp_port,
-                        limits=Limits(max_sessions_per_ip=settings.max_sessions_per_ip))
+                        limits=Limits.from_settings(settings))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -267,7 +267,8 @@ def first_factor(services, user: MfaUser, protocol: str, method: str):
 MFA_MATRIX = [
     # (door, method, require_mfa, exempt, enrolled, expected)
     ("web", "password", False, False, False, "in"),
-    ("web", "password", False, False, True, "in"),        # enrolled, but the account asks nothing
+    ("web", "password", False, False, True, "code"),      # enrolled on their own: asked all the same
+    ("web", "password", False, True, True, "in"),         # an exempt service user is never asked
     ("web", "password", True, False, True, "code"),
     ("web", "password", True, False, False, "enrol"),
     ("web", "password", True, True, False, "in"),
@@ -278,12 +279,16 @@ MFA_MATRIX = [
     ("sftp", "publickey", False, False, False, "in"),
     ("sftp", "publickey", True, False, True, "code"),
     ("sftp", "publickey", True, False, False, "refused"),
+    ("sftp", "password", False, False, True, "code"),
+    ("sftp", "publickey", False, False, True, "code"),
     ("ftps", "password", False, False, False, "in"),
     ("ftps", "app_password", False, False, False, "in"),
     ("ftps", "password", True, False, True, "refused"),   # the account password is a wrong one
     ("ftps", "app_password", True, False, True, "in"),
     ("ftps", "app_password", True, False, False, "refused"),
     ("ftps", "password", True, True, False, "in"),
+    ("ftps", "password", False, False, True, "refused"),
+    ("ftps", "app_password", False, False, True, "in"),
 ]
 
 
@@ -523,6 +528,31 @@ def test_defender_bans_after_both_thresholds(strict_defender, account, make_user
     bans = [e for e in service_events(strict_defender, ip) if e.action == "lockout"]
     assert len(bans) == 1 and bans[0].detail.startswith("address banned")
     assert login(strict_defender, names[1], STRONG_PASSWORD, ip=random_ip())
+
+
+def test_defender_counts_an_ipv6_client_by_its_64(strict_defender, account, make_user):
+    names = [make_user(account)[1] for _ in range(3)] + ["ghost-" + secrets.token_hex(3)]
+    prefix = f"2001:db8:{secrets.randbelow(0xffff):x}:{secrets.randbelow(0xffff):x}"
+    addresses = [f"{prefix}:{secrets.randbelow(0xffff):x}::{n + 1}" for n in range(len(names))]
+    for name, ip in zip(names, addresses):  # every guess from another address of one /64
+        assert not auth.is_banned(strict_defender, ip)
+        refused(lambda: login(strict_defender, name, "wrong-password", ip=ip))
+    neighbour = f"{prefix}:ffff:ffff:ffff:fff0"
+    assert auth.is_banned(strict_defender, neighbour)
+    with pytest.raises(Banned):
+        login(strict_defender, names[0], STRONG_PASSWORD, ip=neighbour)
+    other_64 = f"2001:db8:{secrets.randbelow(0xffff):x}:{secrets.randbelow(0xffff):x}::1"
+    assert not auth.is_banned(strict_defender, other_64)
+    assert login(strict_defender, names[0], STRONG_PASSWORD, ip=other_64)
+
+
+def test_address_groups():
+    assert auth.address_group("203.0.113.9") == "203.0.113.9"
+    assert auth.address_group("::ffff:203.0.113.9") == "203.0.113.9"
+    assert auth.address_group("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
+    assert auth.address_group("[2001:db8:1:2::7%eth0]") == "2001:db8:1:2::/64"
+    assert auth.address_group("::1") == "::/64"
+    assert auth.address_group("not an address") is None
 
 
 def test_defender_needs_enough_distinct_names(strict_defender, account, make_user):

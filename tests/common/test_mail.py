@@ -92,8 +92,8 @@ def test_parse_smtp_url():
 class TinySmtp:
     """A one-connection-at-a-time SMTP server on 127.0.0.1 that speaks STARTTLS and AUTH PLAIN."""
 
-    def __init__(self, context: ssl.SSLContext | None):
-        self.context = context
+    def __init__(self, context: ssl.SSLContext | None, *, refuse_recipients: bool = False):
+        self.context, self.refuse_recipients = context, refuse_recipients
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.received: list[dict] = []
@@ -128,7 +128,10 @@ class TinySmtp:
                 conn.sendall(b"250 ok\r\n")
             elif verb == b"RCPT":
                 state["rcpt"].append(line.strip().split(b":", 1)[1])
-                conn.sendall(b"250 ok\r\n")
+                if self.refuse_recipients:  # as real servers do, the reply repeats the address
+                    conn.sendall(b"550 5.1.1 " + state["rcpt"][-1] + b": Recipient address rejected\r\n")
+                else:
+                    conn.sendall(b"250 ok\r\n")
             elif verb == b"DATA":
                 conn.sendall(b"354 end with .\r\n")
                 while (chunk := reader.readline()) != b".\r\n":

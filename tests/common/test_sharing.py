@@ -90,8 +90,11 @@ def test_same_folder_names_from_one_owner_get_numbered(services, team):
 def test_sharing_never_crosses_accounts(services, team, make_account):
     account, owner, *_ = team
     other = make_account()
-    with pytest.raises(PermissionDenied):
+    with pytest.raises(InvalidInput) as foreign:
         share(services, account, owner, "/projects", other.admin_username, "read")
+    with pytest.raises(InvalidInput) as unknown:
+        share(services, account, owner, "/projects", "no-such-user-" + other.name, "read")
+    assert foreign.value.message == unknown.value.message  # another account is never named
 
 
 def test_share_with_email_creates_a_contact(services, team):

@@ -41,7 +41,7 @@ def sftp_host_key_file(tmp_path_factory) -> Path:
 
 def start_sftp_server(services, host_key_file: Path, limits: Limits | None = None) -> SftpServer:
     services.prepare_spool_host()
-    limits = limits or Limits(max_sessions_per_ip=services.settings.max_sessions_per_ip)
+    limits = limits or Limits.from_settings(services.settings)
     return SftpServer(services, load_host_key(host_key_file), host="127.0.0.1", port=0, limits=limits).start()
 
 
