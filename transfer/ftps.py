@@ -8,6 +8,8 @@ fixed in our subclasses, with options set on them and never on the library's cla
   refused, TLS 1.2+ with AES-256-GCM only.
 - Each control connection has its own TLS context, so its data connections can resume only
   *its* session (`session_reused`); a same-address thief with a fresh session is refused.
+- Bytes are stored and sent as they are in TYPE A too (as vsftpd does by default), so the
+  fingerprints are those of the client's file.
 - An upload is committed only when the client closed the data connection with TLS
   close-notify, before the 226 reply; a bare FIN, ABOR, timeout or error aborts it.
 - One error translator (`reply_for`), applied in one place (`pre_process_command`).
@@ -487,7 +489,8 @@ class WorkspaceDTPHandler(TLS_DTPHandler, _TransferEnd):
         self._hold(super().push_with_producer, producer)
 
     def enable_receiving(self, type, cmd):
-        self._hold(super().enable_receiving, type, cmd)
+        # TYPE A would rewrite line endings: store the bytes as sent, whatever the TYPE.
+        self._hold(super().enable_receiving, "i", cmd)
 
     def close_when_done(self):
         self._hold(super().close_when_done)
@@ -732,7 +735,7 @@ class FTPSHandler(TLS_FTPHandler):
         if offset and offset > self.fs.getsize(file):
             return self.respond("554 The restart position is beyond the end of the file.")
         download = DownloadFile(self.workspace.open_read(file, offset))
-        producer = FileProducer(download, self._current_type)
+        producer = FileProducer(download, "i")  # the stored bytes, whatever the TYPE
         self.push_dtp_data(producer, isproducer=True, file=download, cmd="RETR")
         return file
 

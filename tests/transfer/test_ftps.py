@@ -259,6 +259,28 @@ def test_hash_and_x_commands_match_the_stored_fingerprint(ftps_server, account, 
     quit_quietly(ftp)
 
 
+def test_type_a_stores_and_sends_the_bytes_as_they_are(ftps_server, account, services):
+    """TYPE A (pyftpdlib's default) must not rewrite line endings: fingerprints are the client's."""
+    ftp = connect(ftps_server, account.admin_username, account.password)
+    data = b"dos\r\nunix\nold mac\rmixed\r\r\n\n\rend\r" + os.urandom(70_000) + b"\r\n"
+    ftp.voidcmd("TYPE A")
+    with ftp.transfercmd("STOR /ascii.txt") as conn:
+        conn.sendall(data)
+        conn.unwrap()
+    assert ftp.voidresp().startswith("226")
+    stored = workspace_of(services, account).fingerprint("/ascii.txt")
+    assert (stored.size, stored.sha256, stored.md5) == (
+        len(data), hashlib.sha256(data).digest(), hashlib.md5(data).digest())
+    ftp.voidcmd("TYPE A")
+    received = b""
+    with ftp.transfercmd("RETR /ascii.txt") as conn:
+        while chunk := conn.recv(65536):
+            received += chunk
+    ftp.voidresp()
+    assert received == data
+    quit_quietly(ftp)
+
+
 def test_the_226_follows_the_commit(ftps_server, account, services):
     """When the client reads 226 the file is already current and fingerprinted."""
     ftp = connect(ftps_server, account.admin_username, account.password)
