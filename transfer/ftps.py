@@ -6,8 +6,14 @@ fixed in our subclasses, with options set on them and never on the library's cla
 
 - TLS everywhere: AUTH TLS before USER, PROT P enforced when a data connection opens, PROT C
   refused, TLS 1.2+ with AES-256-GCM only.
-- Each control connection has its own TLS context, so its data connections can resume only
-  *its* session (`session_reused`); a same-address thief with a fresh session is refused.
+- A data connection must resume a TLS session of the same login: one issued to its own control
+  connection, or to another connection authenticated as the same user (rclone and other Go
+  clients share one session cache between their parallel connections). `TLSSessions` books
+  the owner of every session the server issues; a fresh session, a session of another user or
+  of a connection that never logged in is refused, and the passive port keeps listening for
+  the rightful connection until its accept timeout.
+- Bytes are stored and sent as they are in TYPE A too (as vsftpd does by default), so the
+  fingerprints are those of the client's file.
 - An upload is committed only when the client closed the data connection with TLS
   close-notify, before the 226 reply; a bare FIN, ABOR, timeout or error aborts it.
 - One error translator (`reply_for`), applied in one place (`pre_process_command`).
@@ -18,6 +24,8 @@ FTPS_IMPLICIT_PORT, one thread per session, until SIGTERM or SIGINT.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -27,9 +35,11 @@ import sys
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from datetime import datetime, timezone
 
 from OpenSSL import SSL
+from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _openssl
 from pyftpdlib.filesystems import AbstractedFS
 from pyftpdlib.handlers.ftp.data import DTPHandler
@@ -96,6 +106,127 @@ def session_reused(connection: SSL.Connection) -> bool:
     pyOpenSSL has no public call for SSL_session_reused, so this reaches its private binding.
     """
     return bool(_openssl.SSL_session_reused(connection._ssl))
+
+
+class SessionOwner:
+    """Who a TLS session belongs to: a user id once its connection logged in, else None."""
+
+    __slots__ = ("user_id",)
+
+    def __init__(self, user_id: int | None = None):
+        self.user_id = user_id
+
+
+class _HandshakeNotes:
+    """What one connection's handshake resumed and issued (as keys of `TLSSessions`)."""
+
+    __slots__ = ("owner", "resumed", "issued")
+
+    def __init__(self, owner: SessionOwner | None):
+        self.owner = owner  # None on a data connection: its sessions are booked once it is approved
+        self.resumed: bytes | None = None
+        self.issued: list[bytes] = []
+
+
+class TLSSessions:
+    """One server's TLS context and the book of which user each session it issued belongs to.
+
+    The context (its session cache and ticket keys) is shared by every connection of the server,
+    so a data connection can resume a session first made on a sibling control connection. A
+    session is known by a keyed digest of its master secret (TLS 1.2: the same on every
+    resumption; TLS 1.3: the ticket's resumption secret), read by the info callback while the
+    handshake runs: the resumed session right after the ClientHello, each issued one as its
+    ticket is written. pyOpenSSL has no public call for the master secret, so this reaches its
+    private binding, as `session_reused` does.
+    """
+
+    max_entries = 100_000
+
+    def __init__(self, cert_file: str, key_file: str):
+        self.context = tls_context(cert_file, key_file)
+        self.context.set_info_callback(self._on_handshake_step)
+        self._lifetime = self.context.get_timeout()
+        self._digest_key = secrets.token_bytes(32)
+        self._owners: OrderedDict[bytes, tuple[float, SessionOwner]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def attach(self, connection: SSL.Connection, owner: SessionOwner | None) -> None:
+        """Follow this connection's handshake; `owner` (control connections) owns what it issues."""
+        connection.set_app_data(_HandshakeNotes(owner))
+
+    def owner_of_resumed(self, connection: SSL.Connection) -> SessionOwner | None:
+        """The owner of the session this connection resumed, or None (fresh, unknown or expired)."""
+        notes = connection.get_app_data()
+        if not isinstance(notes, _HandshakeNotes) or notes.resumed is None or not session_reused(connection):
+            return None
+        return self._owner_of(notes.resumed)
+
+    def resumes_own_session(self, data: SSL.Connection, control) -> bool:
+        """Whether `data` resumed a session that `control` itself resumed or was issued."""
+        if not isinstance(control, SSL.Connection):
+            return False
+        notes, own = data.get_app_data(), control.get_app_data()
+        if not isinstance(notes, _HandshakeNotes) or not isinstance(own, _HandshakeNotes):
+            return False
+        return notes.resumed is not None and (notes.resumed == own.resumed or notes.resumed in own.issued)
+
+    def adopt_issued(self, connection: SSL.Connection, owner: SessionOwner) -> None:
+        """Book the sessions issued to an approved data connection to `owner`."""
+        notes = connection.get_app_data()
+        if isinstance(notes, _HandshakeNotes):
+            for key in notes.issued:
+                self._book(key, owner)
+
+    def _on_handshake_step(self, connection, where, _result) -> None:
+        if not where & (SSL.SSL_CB_ACCEPT_LOOP | SSL.SSL_CB_HANDSHAKE_DONE):
+            return
+        notes = connection.get_app_data()
+        key = self._session_key(connection) if isinstance(notes, _HandshakeNotes) else None
+        if key is None or key == notes.resumed or key in notes.issued:
+            return
+        if notes.resumed is None and not notes.issued and session_reused(connection):
+            notes.resumed = key  # the first session seen in a resumed handshake is the one resumed
+            self._inherit(notes)
+            return
+        notes.issued.append(key)
+        if notes.owner is not None:
+            self._book(key, notes.owner)
+
+    def _inherit(self, notes: _HandshakeNotes) -> None:
+        # A control connection that resumed a user's session was opened by that user's client
+        # (rclone opens its parallel connections so): until it logs in itself, the sessions it
+        # issues are that user's too, so siblings can resume them while it is still logging in.
+        if notes.owner is not None and notes.owner.user_id is None:
+            resumed = self._owner_of(notes.resumed)
+            if resumed is not None:
+                notes.owner.user_id = resumed.user_id
+
+    def _owner_of(self, key: bytes) -> SessionOwner | None:
+        with self._lock:
+            found = self._owners.get(key)
+        if found is None or time.monotonic() - found[0] > self._lifetime:
+            return None
+        return found[1]
+
+    def _session_key(self, connection: SSL.Connection) -> bytes | None:
+        session = _openssl.SSL_get_session(connection._ssl)
+        if session == _ffi.NULL:
+            return None
+        buffer = _ffi.new("unsigned char[]", 256)
+        length = _openssl.SSL_SESSION_get_master_key(session, buffer, 256)
+        if not length:
+            return None  # TLS 1.3 before its first ticket: no resumable secret yet
+        return hmac.new(self._digest_key, _ffi.buffer(buffer, length)[:], hashlib.sha256).digest()
+
+    def _book(self, key: bytes, owner: SessionOwner) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._owners[key] = (now, owner)
+            self._owners.move_to_end(key)
+            # Oldest first: drop what expired, and the oldest beyond the cap.
+            while self._owners and (len(self._owners) > self.max_entries
+                                    or now - next(iter(self._owners.values()))[0] > self._lifetime):
+                self._owners.popitem(last=False)
 
 
 def _received_close_notify(sock) -> bool:
@@ -444,6 +575,9 @@ class _TransferEnd(DTPHandler):
         return "226 Transfer complete; the file is stored."
 
 
+_NOT_LOGGED_IN = "data connection resuming a TLS session of a connection not logged in"
+
+
 class WorkspaceDTPHandler(TLS_DTPHandler, _TransferEnd):
     """The data channel: TLS required and checked before a byte of a transfer moves.
 
@@ -451,29 +585,75 @@ class WorkspaceDTPHandler(TLS_DTPHandler, _TransferEnd):
     the session-reuse check passed; a channel that fails a check is closed with a 522 reply.
     """
 
+    session_recheck_seconds = 0.1
     # Larger than pyftpdlib's 64 KiB: fewer trips through the IO loop and TLS layer per MiB.
     ac_in_buffer_size = 256 * 1024
     ac_out_buffer_size = 256 * 1024
 
-    def __init__(self, sock, cmd_channel):
+    def __init__(self, sock, cmd_channel, acceptor=None):
         self._held = []
         self._cleared = False
+        # Set while this is a candidate on a passive port that is still listening: not yet the
+        # data channel, so a refusal ends this connection alone.
+        self._acceptor = acceptor
         super().__init__(sock, cmd_channel)
         if self.connected and not self._ssl_requested:
             # Checked here, when the connection opens, not at PASV: PROT C afterwards gains nothing.
             self._refuse("522 Data connections must be protected with TLS (PROT P).", "clear data connection")
 
+    def secure_connection(self, ssl_context):
+        super().secure_connection(ssl_context)
+        if isinstance(self.socket, SSL.Connection):
+            self.cmd_channel.tls_sessions.attach(self.socket, None)
+
     def handle_ssl_established(self):
-        if self.cmd_channel.require_session_reuse and not session_reused(self.socket):
-            self._refuse("522 The data connection must resume the control connection's TLS session.",
-                         "data connection without TLS session reuse")
+        self._judge_session()
+
+    def _judge_session(self):
+        refusal = self._session_refusal()
+        if refusal == _NOT_LOGGED_IN and self._acceptor is not None and not self._acceptor._closed:
+            # A sibling connection of a client that opens several at once may still be logging
+            # in: ask again shortly, until the rightful connection comes or the port times out.
+            self._initialized = True  # or DTPHandler.readable() would close the waiting channel
+            self.call_later(self.session_recheck_seconds, self._judge_session)
             return
+        if refusal:
+            self._refuse("522 The data connection must resume a TLS session of this login.", refusal)
+            return
+        channel = self.cmd_channel
+        channel.tls_sessions.adopt_issued(self.socket, SessionOwner(channel.principal.user_id))
         self._cleared = True
+        if self._acceptor is not None:
+            acceptor, self._acceptor = self._acceptor, None
+            acceptor.admit(self)
         held, self._held = self._held, []
         for method, args in held:
             if self._closed:
                 return
             method(*args)
+
+    def _session_refusal(self) -> str | None:
+        """Why this data connection's TLS session is not acceptable, or None when it is."""
+        channel = self.cmd_channel
+        if channel.principal is None:
+            return "data connection before login"
+        if not channel.require_session_reuse:
+            return None
+        if not session_reused(self.socket):
+            return "data connection without TLS session reuse"
+        if channel.tls_sessions.resumes_own_session(self.socket, channel.socket):
+            return None
+        owner = channel.tls_sessions.owner_of_resumed(self.socket)
+        if owner is not None and owner.user_id is None:
+            return _NOT_LOGGED_IN
+        if owner is None or owner.user_id != channel.principal.user_id:
+            return "data connection resuming another login's TLS session"
+        return None
+
+    def handle_failed_ssl_handshake(self):
+        if self._acceptor is None:
+            return super().handle_failed_ssl_handshake()
+        self._refuse("522 SSL handshake failed.", "data connection with a failed TLS handshake")
 
     def handle_error(self):
         self._failure = sys.exc_info()[1]
@@ -488,7 +668,8 @@ class WorkspaceDTPHandler(TLS_DTPHandler, _TransferEnd):
         self._hold(super().push_with_producer, producer)
 
     def enable_receiving(self, type, cmd):
-        self._hold(super().enable_receiving, type, cmd)
+        # TYPE A would rewrite line endings: store the bytes as sent, whatever the TYPE.
+        self._hold(super().enable_receiving, "i", cmd)
 
     def close_when_done(self):
         self._hold(super().close_when_done)
@@ -505,23 +686,85 @@ class WorkspaceDTPHandler(TLS_DTPHandler, _TransferEnd):
         self._held.append((method, args))
 
     def _refuse(self, reply: str, reason: str) -> None:
-        self._resp = (reply, None)
         self._error = True  # no TLS goodbye on a connection we refuse
-        self.cmd_channel.drop_queued_transfers()
         self.cmd_channel.audit_refusal(reason)
+        if self._acceptor is not None:
+            # The port stays the rightful client's until its accept timeout: a same-address
+            # thief that connected first must not end the transfer waiting for it.
+            self._acceptor.reject(self, reply)
+            return
+        self._resp = (reply, None)
+        self.cmd_channel.drop_queued_transfers()
         self.close()
+
+    def close(self):
+        if self._acceptor is None:
+            return super().close()
+        # A refused or abandoned candidate: never the data channel, so nothing to finish or reply.
+        acceptor, self._acceptor = self._acceptor, None
+        acceptor.forget(self)
+        self._error = True
+        if not self._closed:
+            AsyncChat.close(self)
+        if self._idler is not None and not self._idler.cancelled:
+            self._idler.cancel()
 
 
 class WorkspacePassiveDTP(PassiveDTP):
-    """A passive listener that waits only briefly for the client's data connection."""
+    """A passive listener that waits only briefly for the client's data connection.
+
+    A connection from the client's address becomes a candidate: it becomes the data channel
+    only once its TLS session passed the checks, and the port listens on meanwhile, so a
+    same-address thief that connects first is refused alone.
+    """
 
     timeout = 20
+    max_candidates = 4
+
+    def __init__(self, cmd_channel, extmode=False):
+        self._candidates: set[WorkspaceDTPHandler] = set()
+        self._refusal: str | None = None
+        super().__init__(cmd_channel, extmode)
+
+    def handle_accepted(self, sock, addr):
+        channel = self.cmd_channel
+        if not channel.connected or addr[0] != channel.remote_ip or not channel._prot:
+            # Stock handling: a foreign address is refused; a clear-text channel gets its 522.
+            return super().handle_accepted(sock, addr)
+        if len(self._candidates) >= self.max_candidates:
+            sock.close()
+            return
+        candidate = channel.dtp_handler(sock, channel, acceptor=self)
+        if candidate._acceptor is self and not candidate._closed:
+            self._candidates.add(candidate)
+
+    def admit(self, candidate: WorkspaceDTPHandler) -> None:
+        """The candidate passed every check: it becomes the data channel; the port closes."""
+        self._candidates.discard(candidate)
+        self.cmd_channel.data_channel = candidate
+        self.cmd_channel._on_dtp_connection()  # closes this listener and starts the queued transfer
+
+    def reject(self, candidate: WorkspaceDTPHandler, reply: str) -> None:
+        self._refusal = reply  # the reply if the rightful connection never comes
+        candidate.close()
+
+    def forget(self, candidate: WorkspaceDTPHandler) -> None:
+        self._candidates.discard(candidate)
 
     def handle_timeout(self):
         # A transfer that never got its connection must not hold an open upload until logout.
         if self.cmd_channel.connected:
             self.cmd_channel.drop_queued_transfers()
+            if self._refusal:
+                self.cmd_channel.respond(self._refusal)
+                return self.close()
         super().handle_timeout()
+
+    def close(self):
+        for candidate in list(self._candidates):
+            candidate.close()
+        self._candidates.clear()
+        super().close()
 
 
 # -- control channel --------------------------------------------------------------------------------
@@ -570,6 +813,7 @@ class FTPSHandler(TLS_FTPHandler):
         self._accepted_at = time.monotonic()
         self._slot = self._login_deadline = None
         self.principal: Principal | None = None
+        self.tls_owner = SessionOwner()  # owns the TLS sessions issued to this connection
         self._logged_in_at: float | None = None
         self._hash_algorithm = "SHA-256"
         self._ban_checked = False
@@ -580,11 +824,17 @@ class FTPSHandler(TLS_FTPHandler):
         self._available_facts = list(self._current_facts)
         self._advertise()
 
+    tls_sessions: TLSSessions | None = None  # set on the configured subclass (handler_class)
+
     @classmethod
     def get_ssl_context(cls):
-        # A fresh context per control connection: its session cache and ticket keys are this
-        # connection's alone, so its data connections can resume no other client's session.
-        return tls_context(cls.certfile, cls.keyfile)
+        # One context per server: sessions are bound to users by `tls_sessions`, not by context.
+        return cls.tls_sessions.context
+
+    def secure_connection(self, ssl_context):
+        super().secure_connection(ssl_context)
+        if isinstance(self.socket, SSL.Connection):
+            self.tls_sessions.attach(self.socket, self.tls_owner)
 
     @property
     def workspace(self) -> Workspace | None:
@@ -708,6 +958,7 @@ class FTPSHandler(TLS_FTPHandler):
         self._slot.logged_in()
         if self._login_deadline is not None:
             self._login_deadline.cancel()
+        self.tls_owner.user_id = self.principal.user_id
         log.info("ftps session %s: user %s logged in", self.session_id, self.principal.user_id)
 
     def on_logout(self, username):
@@ -727,6 +978,7 @@ class FTPSHandler(TLS_FTPHandler):
     def flush_account(self):
         self.drop_queued_transfers()
         super().flush_account()
+        self.tls_owner.user_id = None
         self.principal = None
         self.fs = None
 
@@ -774,7 +1026,7 @@ class FTPSHandler(TLS_FTPHandler):
         if offset and offset > self.fs.getsize(file):
             return self.respond("554 The restart position is beyond the end of the file.")
         download = DownloadFile(self.workspace.open_read(file, offset))
-        producer = FileProducer(download, self._current_type)
+        producer = FileProducer(download, "i")  # the stored bytes, whatever the TYPE
         self.push_dtp_data(producer, isproducer=True, file=download, cmd="RETR")
         return file
 
@@ -942,6 +1194,7 @@ def handler_class(services: Services, *, implicit: bool = False) -> type[FTPSHan
         "services": services,
         "certfile": str(settings.tls_cert_file),
         "keyfile": str(settings.tls_key_file),
+        "tls_sessions": TLSSessions(str(settings.tls_cert_file), str(settings.tls_key_file)),
         "passive_ports": list(settings.ftps_passive_ports),
         "masquerade_address": settings.ftps_masquerade_address,
         "require_session_reuse": settings.ftps_require_session_reuse,

@@ -80,13 +80,19 @@ def free_passive_range(size: int = 40) -> range:
 
 
 @contextlib.contextmanager
-def running_ftps(settings, tls_files: TLSFiles, **overrides):
-    """Serve FTPS on 127.0.0.1 (ports 0) in a thread until the block ends, then stop every session."""
+def running_ftps(settings, tls_files: TLSFiles, *, tls_max_version: int | None = None, **overrides):
+    """Serve FTPS on 127.0.0.1 (ports 0) in a thread until the block ends, then stop every session.
+
+    `tls_max_version` (an `OpenSSL.SSL` constant) caps the server's TLS version, so a client
+    that would choose TLS 1.3 can be tried over TLS 1.2."""
     settings = dataclasses.replace(
         settings, ftps_port=0, ftps_implicit_port=0, ftps_passive_ports=free_passive_range(),
         tls_cert_file=tls_files.cert, tls_key_file=tls_files.key, **overrides)
     services = Services(settings)
     servers = ftps.build_servers(services, HOST)
+    if tls_max_version is not None:
+        for server in servers:
+            server.handler.tls_sessions.context.set_max_proto_version(tls_max_version)
     stop = threading.Event()
     thread = threading.Thread(target=ftps.serve, args=(servers, stop), name="ftps-test-server", daemon=True)
     thread.start()

@@ -5,6 +5,7 @@ logins go through common.auth, so the lockout and allow-lists are the other door
 """
 from __future__ import annotations
 
+import contextlib
 import ftplib
 import hashlib
 import inspect
@@ -35,7 +36,7 @@ from common import auth
 from common.errors import AuthFailed
 from common.models import Account, AuditEvent, IpBan, User
 from common.vfs import Principal, Workspace
-from tests.fixtures import REPO_ROOT, client_env, tool
+from tests.fixtures import REPO_ROOT, STRONG_PASSWORD, client_env, tool
 from tests.transfer.ftps_door import (
     HOST, SessionReusingFTP_TLS, client_context, connect, quit_quietly, running_ftps,
 )
@@ -128,23 +129,29 @@ def test_options_live_on_our_subclasses_not_the_library(ftps_server):
         server.close_all()
 
 
-def test_a_fresh_tls_context_per_control_connection(ftps_server):
+def test_one_tls_context_per_server(ftps_server):
     handler = ftps.handler_class(ftps_server.services)
-    assert handler.get_ssl_context() is not handler.get_ssl_context()
+    assert handler.get_ssl_context() is handler.get_ssl_context() is handler.tls_sessions.context
+    assert ftps.handler_class(ftps_server.services).tls_sessions is not handler.tls_sessions
 
 
 # -- TLS ----------------------------------------------------------------------------------------------
 
-def _handshake(server_context, client_context_, session=None):
-    """One TLS connection over a socket pair; returns (reused on the server, client session)."""
+def _handshake(server_context, client_context_, session=None, prepare=None):
+    """One TLS connection over a socket pair; returns (reused on the server, client session).
+
+    `prepare(conn)` runs on the server's connection before its handshake; it may return a
+    function of the connection, whose result after the handshake is returned third."""
     ours, theirs = socket.socketpair()
     outcome = {}
 
     def serve():
         conn = SSL.Connection(server_context, ours)
+        after = prepare(conn) if prepare else None
         conn.set_accept_state()
         conn.do_handshake()
         outcome["reused"] = ftps.session_reused(conn)
+        outcome["after"] = after(conn) if after else None
         conn.sendall(b"x")  # lets a TLS 1.3 client read its session ticket
         conn.shutdown()
 
@@ -156,7 +163,7 @@ def _handshake(server_context, client_context_, session=None):
     thread.join(10)
     client.close()
     ours.close()
-    return outcome["reused"], session
+    return (outcome["reused"], session, outcome["after"]) if prepare else (outcome["reused"], session)
 
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
@@ -170,6 +177,45 @@ def test_session_reused_tells_resumption_from_a_fresh_or_foreign_session(tls_fil
     assert _handshake(control, client, session)[0] is True
     # Another control connection's context cannot resume it: that is what binds the data channel.
     assert _handshake(other, client, session)[0] is False
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_each_issued_session_is_booked_to_its_connections_login(tls_files, version):
+    client = client_context(tls_files.cert)
+    client.maximum_version = version
+    sessions = ftps.TLSSessions(str(tls_files.cert), str(tls_files.key))
+    control = ftps.SessionOwner()
+
+    def as_control(conn):
+        sessions.attach(conn, control)
+
+    def as_data(conn):
+        sessions.attach(conn, None)
+        return sessions.owner_of_resumed
+
+    issued = _handshake(sessions.context, client, prepare=as_control)[1]
+    # Resumed while its control connection has not logged in: booked, but to nobody yet.
+    reused, _, owner = _handshake(sessions.context, client, issued, prepare=as_data)
+    assert reused is True and owner is control and owner.user_id is None
+    control.user_id = 7
+    assert _handshake(sessions.context, client, issued, prepare=as_data)[2].user_id == 7
+    # A fresh session belongs to no one.
+    assert _handshake(sessions.context, client, prepare=as_data)[2] is None
+    # A data connection's own new sessions count only once it is approved (adopt_issued).
+    approved = ftps.SessionOwner(7)
+
+    def as_approved_data(conn):
+        sessions.attach(conn, None)
+        return lambda c: sessions.adopt_issued(c, approved)
+
+    later = _handshake(sessions.context, client, issued, prepare=as_data)[1]
+    adopted = _handshake(sessions.context, client, issued, prepare=as_approved_data)[1]
+    if version == ssl.TLSVersion.TLSv1_3:  # each TLS 1.3 ticket is a session of its own
+        assert _handshake(sessions.context, client, later, prepare=as_data)[2] is None
+        assert _handshake(sessions.context, client, adopted, prepare=as_data)[2] is approved
+    # Another server's book knows nothing of these sessions.
+    other = ftps.TLSSessions(str(tls_files.cert), str(tls_files.key))
+    assert _handshake(other.context, client, issued, prepare=lambda c: other.attach(c, None))[0] is False
 
 
 @pytest.mark.parametrize("maximum", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
@@ -259,6 +305,28 @@ def test_hash_and_x_commands_match_the_stored_fingerprint(ftps_server, account, 
     quit_quietly(ftp)
 
 
+def test_type_a_stores_and_sends_the_bytes_as_they_are(ftps_server, account, services):
+    """TYPE A (pyftpdlib's default) must not rewrite line endings: fingerprints are the client's."""
+    ftp = connect(ftps_server, account.admin_username, account.password)
+    data = b"dos\r\nunix\nold mac\rmixed\r\r\n\n\rend\r" + os.urandom(70_000) + b"\r\n"
+    ftp.voidcmd("TYPE A")
+    with ftp.transfercmd("STOR /ascii.txt") as conn:
+        conn.sendall(data)
+        conn.unwrap()
+    assert ftp.voidresp().startswith("226")
+    stored = workspace_of(services, account).fingerprint("/ascii.txt")
+    assert (stored.size, stored.sha256, stored.md5) == (
+        len(data), hashlib.sha256(data).digest(), hashlib.md5(data).digest())
+    ftp.voidcmd("TYPE A")
+    received = b""
+    with ftp.transfercmd("RETR /ascii.txt") as conn:
+        while chunk := conn.recv(65536):
+            received += chunk
+    ftp.voidresp()
+    assert received == data
+    quit_quietly(ftp)
+
+
 def test_the_226_follows_the_commit(ftps_server, account, services):
     """When the client reads 226 the file is already current and fingerprinted."""
     ftp = connect(ftps_server, account.admin_username, account.password)
@@ -326,46 +394,110 @@ def test_a_client_that_does_not_resume_the_session_is_refused(ftps_server, accou
     assert not exists(services, account, "/nr.txt")
 
 
-def test_a_same_address_thief_gets_nothing(ftps_server, account):
+def _read_all(conn) -> bytes:
+    received = b""
+    with contextlib.suppress(OSError, ssl.SSLError):
+        while chunk := conn.recv(65536):
+            received += chunk
+    return received
+
+
+def _thief_first_then_rightful(victim, port, thief_connects, *, refused_first=True) -> bytes:
+    """A thief's connection to the victim's passive port comes first (and, with `refused_first`,
+    is refused before the victim connects); the victim's own connection, resuming its session,
+    then gets the queued download, and the thief nothing."""
+    thief = thief_connects(socket.create_connection((HOST, port), timeout=10))
+    if refused_first:
+        assert _read_all(thief) == b""
+    rightful = victim.context.wrap_socket(socket.create_connection((HOST, port), timeout=10),
+                                          server_hostname=HOST, session=victim.sock.session)
+    received = _read_all(rightful)
+    rightful.close()
+    assert victim.voidresp().startswith("226")
+    assert _read_all(thief) == b""  # closed by the server once the rightful connection came
+    thief.close()
+    return received
+
+
+def test_a_same_address_thief_gets_nothing_and_the_transfer_goes_on(ftps_server, account, services):
     victim = connect(ftps_server, account.admin_username, account.password)
-    victim.storbinary("STOR /secret.bin", io.BytesIO(b"s" * 200_000))
+    secret = os.urandom(200_000)
+    victim.storbinary("STOR /secret.bin", io.BytesIO(secret))
     victim.voidcmd("TYPE I")
     host, port = ftplib.parse227(victim.sendcmd("PASV"))
-    victim.sendcmd("RETR /secret.bin")
+    assert victim.sendcmd("RETR /secret.bin").startswith("150")
     # The thief comes first, from the same address, with a TLS session of its own.
-    thief = client_context(ftps_server.cert).wrap_socket(socket.create_connection((HOST, port), timeout=10),
-                                                        server_hostname=HOST)
-    received = b""
-    try:
-        while chunk := thief.recv(65536):
-            received += chunk
-    except (OSError, ssl.SSLError):
-        pass
-    assert received == b""
-    assert _error_reply(victim)[:3] == "522"
-    thief.close()
+    fresh = client_context(ftps_server.cert)
+    assert _thief_first_then_rightful(
+        victim, port, lambda raw: fresh.wrap_socket(raw, server_hostname=HOST)) == secret
+    # A silent thief, which never starts its handshake, does not stop the transfer either.
+    host, port = ftplib.parse227(victim.sendcmd("PASV"))
+    assert victim.sendcmd("RETR /secret.bin").startswith("150")
+    assert _thief_first_then_rightful(victim, port, lambda raw: raw, refused_first=False) == secret
+    assert "data connection without TLS session reuse" in [r.detail for r in audit_rows(services, account.id, "denied")]
     quit_quietly(victim)
 
 
-def test_resuming_another_clients_session_is_refused(ftps_server, account, services):
-    """pyftpdlib's shared context would accept this; ours are per control connection."""
-    alice = connect(ftps_server, account.admin_username, account.password)
+def test_a_session_of_a_connection_that_never_logged_in_is_refused(ftps_server, account, services):
+    victim = connect(ftps_server, account.admin_username, account.password)
+    secret = os.urandom(100_000)
+    victim.storbinary("STOR /secret2.bin", io.BytesIO(secret))
+    thief = connect(ftps_server)  # AUTH TLS on a control connection of its own, never logged in
+    thief.voidcmd("NOOP")  # reads the TLS 1.3 session ticket
+    victim.voidcmd("TYPE I")
+    host, port = ftplib.parse227(victim.sendcmd("PASV"))
+    assert victim.sendcmd("RETR /secret2.bin").startswith("150")
+    resume_thiefs = lambda raw: thief.context.wrap_socket(raw, server_hostname=HOST, session=thief.sock.session)
+    # Its connection might yet log in (a sibling still logging in): it waits, and gets nothing.
+    assert _thief_first_then_rightful(victim, port, resume_thiefs, refused_first=False) == secret
+    quit_quietly(thief)
+    quit_quietly(victim)
+
+
+def _queue_upload(ftp, path) -> int:
+    """PASV and STOR on `ftp`, its data connection not yet open; returns the passive port."""
+    ftp.voidcmd("TYPE I")
+    port = ftplib.parse227(ftp.sendcmd("PASV"))[1]
+    assert ftp.sendcmd(f"STOR {path}").startswith("150")
+    return port
+
+
+def _send_resuming(lender, port, data: bytes, *, refused=False) -> None:
+    """Upload `data` over a data connection to `port` that resumes `lender`'s TLS session."""
+    conn = lender.context.wrap_socket(socket.create_connection((HOST, port), timeout=10),
+                                      server_hostname=HOST, session=lender.sock.session)
+    with contextlib.suppress(OSError, ssl.SSLError) if refused else contextlib.nullcontext():
+        conn.sendall(data)
+        conn.unwrap()
+    conn.close()
+
+
+def test_a_session_of_another_user_is_refused(ftps_server, account, services, make_user):
+    _, other_name = make_user(account)
+    alice = connect(ftps_server, other_name, STRONG_PASSWORD)
     mallory = connect(ftps_server, account.admin_username, account.password)
-    mallory.voidcmd("TYPE I")
-    host, port = ftplib.parse227(mallory.sendcmd("PASV"))
-    mallory.sendcmd("STOR /foreign.txt")
-    raw = socket.create_connection((HOST, port), timeout=10)
-    data = alice.context.wrap_socket(raw, server_hostname=HOST, session=alice.sock.session)
-    with pytest.raises((OSError, ssl.SSLError)):
-        data.sendall(b"x" * 10)
-        data.unwrap()
-        data.recv(1)
-    data.close()
-    assert _error_reply(mallory)[:3] == "522"
+    port = _queue_upload(mallory, "/foreign.txt")
+    _send_resuming(alice, port, b"foreign bytes", refused=True)
+    denied = [r.detail for r in audit_rows(services, account.id, "denied")]
+    assert "data connection resuming another login's TLS session" in denied
     assert not exists(services, account, "/foreign.txt")
-    assert "data connection without TLS session reuse" in [r.detail for r in audit_rows(services, account.id, "denied")]
+    # The port still waits for mallory's own connection, which stores mallory's bytes.
+    _send_resuming(mallory, port, b"own bytes")
+    assert mallory.voidresp().startswith("226")
+    assert mallory.fetch("RETR /foreign.txt") == b"own bytes"
     quit_quietly(alice)
     quit_quietly(mallory)
+
+
+def test_a_sibling_connection_of_the_same_user_may_lend_its_session(ftps_server, account, services):
+    """Go clients (rclone) share one TLS session cache between their parallel connections."""
+    first = connect(ftps_server, account.admin_username, account.password)
+    second = connect(ftps_server, account.admin_username, account.password)
+    _send_resuming(first, _queue_upload(second, "/sibling.txt"), b"sibling")
+    assert second.voidresp().startswith("226")
+    assert second.fetch("RETR /sibling.txt") == b"sibling"
+    quit_quietly(first)
+    quit_quietly(second)
 
 
 def _stor_socket(ftp, path):
@@ -677,6 +809,62 @@ def test_lftp_round_trip_listing_and_changes(ftps_server, account, test_env, tmp
     names = result.stdout.decode().split()
     assert "/ldir/m.bin" in names or "m.bin" in names
     assert "ldir/" not in names[-3:]
+
+
+def rclone(server, account, *args, test_env, tmp_path):
+    """rclone with its default settings on an on-the-fly explicit-FTPS remote (CLIENTS.md)."""
+    config = tmp_path / "rclone.conf"
+    config.touch()
+    obscured = run_client([tool("rclone"), "--config", str(config), "obscure", account.password],
+                          test_env, tmp_path).stdout.decode().strip()
+    remote = (f":ftp,host={HOST},port={server.port},user={account.admin_username},pass={obscured},"
+              f"explicit_tls=true,no_check_certificate=true:")
+    argv = [tool("rclone"), "--config", str(config), "--retries", "1", "--low-level-retries", "2",
+            "--contimeout", "20s", "--timeout", "60s"]
+    return run_client(argv + [a.replace("REMOTE:", remote) for a in args], test_env, tmp_path, timeout=180)
+
+
+def _rclone_copies_several_files_at_once(settings, tls_files, account, services, test_env, tmp_path, *,
+                                          tls_max, upload):
+    files = {f"f{n}.bin": os.urandom(random.randrange(200_000, 1_500_000)) for n in range(12)}
+    workspace = workspace_of(services, account)
+    if not upload:
+        workspace.make_dir("/rc")
+    (tmp_path / "up").mkdir()
+    for name, data in files.items():
+        (tmp_path / "up" / name).write_bytes(data)
+        if not upload:
+            writer = workspace.open_write(f"/rc/{name}")
+            writer.write(data)
+            writer.commit()
+    with running_ftps(settings, tls_files, tls_max_version=tls_max) as server:
+        if upload:
+            up = rclone(server, account, "copy", "up", "REMOTE:/rc", test_env=test_env, tmp_path=tmp_path)
+            assert up.returncode == 0, up.stderr.decode()[-3000:]
+        down = rclone(server, account, "copy", "REMOTE:/rc", "down", test_env=test_env, tmp_path=tmp_path)
+        assert down.returncode == 0, down.stderr.decode()[-3000:]
+    for name, data in files.items():
+        assert workspace.fingerprint(f"/rc/{name}").sha256 == hashlib.sha256(data).digest()
+        assert (tmp_path / "down" / name).read_bytes() == data
+    refused = [r.detail for r in audit_rows(services, account.id, "denied") if r.detail.startswith("data connection")]
+    assert refused == []
+
+
+def test_rclone_with_its_defaults_copies_several_files_at_once_over_tls_12(
+        settings, migrated, tls_files, account, services, test_env, tmp_path):
+    """rclone shares one TLS session cache between its four parallel transfers: a data connection
+    often resumes a session of a sibling control connection of the same login."""
+    _rclone_copies_several_files_at_once(settings, tls_files, account, services, test_env, tmp_path,
+                                         tls_max=SSL.TLS1_2_VERSION, upload=True)
+
+
+def test_rclone_with_its_defaults_downloads_several_files_at_once_over_tls_13(
+        settings, migrated, tls_files, account, services, test_env, tmp_path):
+    """The same over TLS 1.3 (each data connection resumes a ticket of a sibling). Uploads are not
+    tried: rclone never reads the session ticket the server sends on an upload's data connection,
+    so its kernel resets the connection at close and the upload is cut (see the README)."""
+    _rclone_copies_several_files_at_once(settings, tls_files, account, services, test_env, tmp_path,
+                                         tls_max=SSL.TLS1_3_VERSION, upload=False)
 
 
 # -- the process --------------------------------------------------------------------------------------
