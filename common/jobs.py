@@ -152,7 +152,7 @@ def ingest_version(services: Services, version_id: uuid.UUID) -> str:
             return "already stored"
         key, size, digest = version.storage_key, version.cipher_size, version.cipher_sha256
     stored = services.store.stat(key)
-    if stored is None or stored.size != size:
+    if stored is None or stored.size != size or not services.store.meets_encryption_policy(stored):
         if not services.spool.has(key):
             if _version_exists(services, version_id):
                 raise IntegrityFailure("A spooled version lost its ciphertext before ingest")
