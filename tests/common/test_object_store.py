@@ -273,7 +273,7 @@ def test_start_up_stops_with_one_line_when_the_store_cannot_encrypt(process, tes
     started = subprocess.Popen([sys.executable, "-m", process], cwd=REPO_ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        output, _ = started.communicate(timeout=90)
+        output, _ = started.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         started.kill()
         output, _ = started.communicate()
