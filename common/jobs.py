@@ -155,7 +155,7 @@ def ingest_version(services: Services, version_id: uuid.UUID) -> str:
             return "failed: ciphertext lost"
         key, size, digest = version.storage_key, version.cipher_size, version.cipher_sha256
     stored = services.store.stat(key)
-    if stored is None or stored.size != size:
+    if stored is None or stored.size != size or not services.store.meets_encryption_policy(stored):
         if not services.spool.has(key):
             return _count_lost_ciphertext(services, version_id)
         upload_verified(services.store, services.spool, key, cipher_size=size, cipher_sha256=digest)

@@ -44,7 +44,10 @@ class Services:
     def prepare_spool_host(self) -> None:
         """Start-up of a process that receives uploads: register its spool, check the bucket.
 
-        A store outage is only a warning here: uploads are accepted into the spool meanwhile.
+        A store outage is only a warning here: uploads are accepted into the spool meanwhile,
+        and the store checks the bucket before its first write once it is back. A bucket or
+        store that does not suit us (versioning, no server-side encryption when asked) raises
+        ConfigError: the process stops with its one-line message.
         """
         from common import jobs
         from common.errors import TransientError

@@ -7,9 +7,11 @@ into `ready/` (atomic on one volume), so a crash never leaves a half file lookin
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,9 @@ log = logging.getLogger(__name__)
 
 READ_BLOCK = 1024 * 1024
 PART_SIZE = 16 * 1024 * 1024
+MULTIPART_RULE_ID = "abort-incomplete-uploads"
+# Probe objects are named outside the storage-key alphabet, so they never meet a real key.
+PROBE_PREFIX = "sse-probe-"
 
 
 def new_storage_key() -> str:
@@ -116,10 +121,15 @@ def _fsync_dir(path: Path) -> None:
 @dataclass(frozen=True)
 class StoredObject:
     size: int
+    encrypted: bool = False  # the store reports its own server-side encryption of the object
 
 
 class ObjectStore:
-    """The S3-compatible bucket, through the minio client."""
+    """The S3-compatible bucket, through the minio client.
+
+    The bucket is checked (`ensure_bucket`) before the first write or removal of the process,
+    and again after any outage: the store that comes back may not be the one that left.
+    """
 
     def __init__(self, settings: Settings):
         http = urllib3.PoolManager(
@@ -132,51 +142,118 @@ class ObjectStore:
                             http_client=http)
         self.bucket = settings.s3_bucket
         self.sse = SseS3() if settings.s3_sse == "s3" else None
+        self._checked = False
+        self._check_lock = threading.Lock()
 
     def ensure_bucket(self) -> None:
-        """Create the bucket if missing; refuse one with versioning (deletion must be real)."""
-        with _store_errors():
+        """Create the bucket if missing and check it suits us: versioning off (deletion must be
+        real), the multipart clean-up rule in place, server-side encryption working if asked."""
+        with self._errors():
             if not self.client.bucket_exists(self.bucket):
                 self.client.make_bucket(self.bucket)
             status = self.client.get_bucket_versioning(self.bucket).status
         if status == "Enabled":
             raise ConfigError("the bucket has versioning enabled: permanent deletion would not be real")
-        self._abort_stale_multiparts()
+        self._merge_multipart_rule()
+        if self.sse is not None:
+            self._check_encryption()
+        self._checked = True
 
-    def _abort_stale_multiparts(self) -> None:
+    def _ensure_checked(self) -> None:
+        if self._checked:
+            return
+        with self._check_lock:
+            if not self._checked:
+                self.ensure_bucket()
+
+    def _errors(self) -> _store_errors:
+        return _store_errors(on_outage=self._forget_check)
+
+    def _forget_check(self) -> None:
+        self._checked = False
+
+    def _merge_multipart_rule(self) -> None:
         # Parts of a killed multipart upload hold ciphertext and cost storage: let the store
-        # drop them after a day. Stores without lifecycle support only get a warning.
-        rule = Rule(ENABLED, rule_filter=Filter(prefix=""), rule_id="abort-incomplete-uploads",
+        # drop them after a day. The operator's own rules stay; ours is added or updated by its
+        # id. Stores without lifecycle support only get a warning.
+        rule = Rule(ENABLED, rule_filter=Filter(prefix=""), rule_id=MULTIPART_RULE_ID,
                     abort_incomplete_multipart_upload=AbortIncompleteMultipartUpload(days_after_initiation=1))
+        with self._errors():
+            try:
+                current = self.client.get_bucket_lifecycle(self.bucket)
+                rules = current.rules if current is not None else []
+                if any(_same_multipart_rule(existing, rule) for existing in rules):
+                    return
+                others = [existing for existing in rules if existing.rule_id != MULTIPART_RULE_ID]
+                self.client.set_bucket_lifecycle(self.bucket, LifecycleConfig(others + [rule]))
+            except S3Error as exc:
+                log.warning("object store refused the multipart clean-up rule: %s", exc.code)
+
+    def _check_encryption(self) -> None:
+        """Write, stat and remove a small probe object with server-side encryption, so a store
+        that cannot encrypt stops start-up instead of failing every ingest afterwards."""
+        name = PROBE_PREFIX + secrets.token_hex(8)
         try:
-            self.client.set_bucket_lifecycle(self.bucket, LifecycleConfig([rule]))
-        except S3Error as exc:
-            log.warning("object store refused the multipart clean-up rule: %s", exc.code)
+            accepted = self._encrypted_write_accepted(name)
+        finally:
+            self._remove_probe(name)
+        if not accepted:
+            raise ConfigError("the object store does not apply server-side encryption (S3_SSE=s3): "
+                              "give the store its key (SeaweedFS: s3.sse.key) or set S3_SSE=none")
+
+    def _encrypted_write_accepted(self, name: str) -> bool:
+        try:
+            self._put_probe(name, self.sse)
+        except (S3Error, urllib3.exceptions.HTTPError, OSError):
+            # An outage, or a store that answers only encrypted writes with errors: a plain
+            # write tells which (it raises TransientError in an outage).
+            with self._errors():
+                self._put_probe(name, None)
+            return False
+        stored = self.stat(name)
+        return stored is not None and stored.encrypted
+
+    def _put_probe(self, name: str, sse) -> None:
+        self.client.put_object(self.bucket, name, io.BytesIO(b"probe"), 5, sse=sse,
+                               content_type="application/octet-stream")
+
+    def _remove_probe(self, name: str) -> None:
+        try:
+            self.client.remove_object(self.bucket, name)
+        except (S3Error, urllib3.exceptions.HTTPError, OSError):
+            pass  # left behind in an outage: a few bytes under a name no storage key can take
 
     def put(self, storage_key: str, source: BinaryIO, size: int) -> None:
         """Upload ciphertext (multipart for large objects); failed multiparts are aborted."""
-        with _store_errors():
+        self._ensure_checked()
+        with self._errors():
             self.client.put_object(self.bucket, storage_key, source, size, part_size=PART_SIZE,
                                    sse=self.sse, content_type="application/octet-stream")
 
+    def meets_encryption_policy(self, stored: StoredObject) -> bool:
+        """Whether an object is encrypted by the store as S3_SSE asks (always, when it asks none)."""
+        return self.sse is None or stored.encrypted
+
     def stat(self, storage_key: str) -> StoredObject | None:
         try:
-            with _store_errors():
+            with self._errors():
                 info = self.client.stat_object(self.bucket, storage_key)
         except _Missing:
             return None
-        return StoredObject(size=info.size)
+        encryption = (info.metadata or {}).get("x-amz-server-side-encryption")
+        return StoredObject(size=info.size, encrypted=encryption in ("AES256", "aws:kms"))
 
     def read(self, storage_key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """Ciphertext bytes [start, end) of an object, in blocks, by HTTP Range."""
         length = 0 if end is None else max(0, end - start)
         if end is not None and length == 0:
             return
-        with _store_errors():
+        with self._errors():
             response = self.client.get_object(self.bucket, storage_key, offset=start, length=length)
         try:
             yield from response.stream(READ_BLOCK)
         except urllib3.exceptions.HTTPError as exc:
+            self._forget_check()
             raise TransientError("The object store is not reachable; try again later") from exc
         finally:
             response.close()
@@ -190,8 +267,19 @@ class ObjectStore:
         return digest.digest()
 
     def remove(self, storage_key: str) -> None:
-        with _store_errors():
+        self._ensure_checked()
+        with self._errors():
             self.client.remove_object(self.bucket, storage_key)
+
+
+def _same_multipart_rule(existing: Rule, wanted: Rule) -> bool:
+    """Whether a rule already in the bucket is ours, unchanged (then nothing needs writing)."""
+    found, abort = existing.rule_filter, existing.abort_incomplete_multipart_upload
+    whole_bucket = found is None or (found.prefix in ("", None) and found.and_operator is None
+                                     and found.tag is None)
+    days = wanted.abort_incomplete_multipart_upload.days_after_initiation
+    return (existing.rule_id == wanted.rule_id and existing.status == wanted.status
+            and whole_bucket and abort is not None and abort.days_after_initiation == days)
 
 
 class _Missing(Exception):
@@ -200,6 +288,9 @@ class _Missing(Exception):
 
 class _store_errors:
     """Map store failures onto our vocabulary: outages are transient, 404 is `_Missing`."""
+
+    def __init__(self, on_outage=None):
+        self.on_outage = on_outage
 
     def __enter__(self):
         return self
@@ -211,6 +302,8 @@ class _store_errors:
             raise _Missing() from None
         if isinstance(exc, (S3Error, urllib3.exceptions.HTTPError, OSError)):
             log.warning("object store error: %s", type(exc).__name__)
+            if self.on_outage is not None:
+                self.on_outage()
             raise TransientError("The object store is not reachable; try again later") from exc
         return False
 
@@ -241,3 +334,6 @@ def upload_verified(store: ObjectStore, spool: Spool, storage_key: str, *, ciphe
     stored = store.stat(storage_key)
     if stored is None or stored.size != cipher_size:
         raise TransientError("The object store did not keep the whole object; will retry")
+    if not store.meets_encryption_policy(stored):
+        store.remove(storage_key)
+        raise ConfigError("the object store did not encrypt an object although S3_SSE=s3")

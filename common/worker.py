@@ -24,12 +24,14 @@ def queue_names(spool_id: str) -> list[str]:
 def main() -> int:
     try:
         settings = settings_from_environment()
+        services = Services(settings)
+        try:
+            services.prepare_spool_host()
+        finally:
+            services.close()
     except ConfigError as exc:
         print(f"worker cannot start: {exc.message}", file=sys.stderr)
         return exc.exit_code
-    services = Services(settings)
-    services.prepare_spool_host()
-    services.close()
     rq = shutil.which("rq") or os.path.join(os.path.dirname(sys.executable), "rq")
     os.environ["RQ_REDIS_URL"] = settings.redis_url
     os.execv(rq, [rq, "worker", "--with-scheduler", *queue_names(settings.spool_id)])

@@ -4,6 +4,8 @@
 until each answers a real client, and returns the environment variables that reach them;
 `stop_services(data_dir)` stops them by their recorded pids (PostgreSQL with `pg_ctl stop`).
 Each service keeps its data, its pid file and its log in its own folder under `data_dir`.
+SeaweedFS gets a random server-side encryption key made once per data folder (`S3_SSE=s3`
+needs it); `start_object_store` starts SeaweedFS alone, with or without that key.
 """
 from __future__ import annotations
 
@@ -125,6 +127,10 @@ class Layout:
     def seaweed_log(self) -> Path:
         return self.seaweed / "weed.log"
 
+    @property
+    def seaweed_sse_key(self) -> Path:
+        return self.seaweed / "sse.key"
+
     def pid_file(self, service: str) -> Path:
         return self.root / service / f"{service}.pid"
 
@@ -159,6 +165,22 @@ def start_services(data_dir: Path, ports: Ports, secrets: ServiceSecrets, *,
             stop_services(layout.root)
         raise
     return service_environment(ports, secrets)
+
+
+def start_object_store(data_dir: Path, ports: Ports, secrets: ServiceSecrets, *,
+                       encryption: bool = True, timeout: float = READY_TIMEOUT) -> None:
+    """Start SeaweedFS alone under data_dir (without its encryption key if asked: a store that
+    refuses S3_SSE=s3); stop it with `stop_services(data_dir)`."""
+    layout = Layout(Path(data_dir).resolve())
+    layout.root.mkdir(parents=True, exist_ok=True)
+    _check_ports_free(ports, only="seaweedfs")
+    try:
+        weed = _start_seaweed(layout, ports, secrets, encryption=encryption)
+        _wait_ready("seaweedfs", layout.seaweed_log, weed, time.monotonic() + timeout,
+                    lambda: _ping_s3(ports, secrets))
+    except BaseException:
+        stop_services(layout.root)
+        raise
 
 
 def stop_services(data_dir: Path) -> None:
@@ -235,10 +257,12 @@ def _admin_connection(ports: Ports, secrets: ServiceSecrets, psycopg):
                            autocommit=True, connect_timeout=5)
 
 
-def _check_ports_free(ports: Ports) -> None:
+def _check_ports_free(ports: Ports, only: str | None = None) -> None:
     wanted = {"postgres": [ports.postgres], "valkey": [ports.valkey],
               "seaweedfs": list(ports.seaweed().values())}
     for name, numbers in wanted.items():
+        if only is not None and name != only:
+            continue
         for port in numbers:
             with socket.socket() as probe:
                 # As the servers do: connections in TIME_WAIT must not count as "in use".
@@ -444,7 +468,8 @@ def _valkey_quote(path: Path) -> str:
 
 # -- SeaweedFS -------------------------------------------------------------------------------
 
-def _start_seaweed(layout: Layout, ports: Ports, secrets: ServiceSecrets) -> subprocess.Popen:
+def _start_seaweed(layout: Layout, ports: Ports, secrets: ServiceSecrets, *,
+                   encryption: bool = True) -> subprocess.Popen:
     (layout.seaweed / "data").mkdir(mode=0o700, parents=True, exist_ok=True)
     identities = {"identities": [{
         "name": "sealdrop",
@@ -461,7 +486,19 @@ def _start_seaweed(layout: Layout, ports: Ports, secrets: ServiceSecrets) -> sub
                "-master.electionTimeout=1s", "-volume.preStopSeconds=0"]
     command += [f"-{flag}={port}" for flag, port in ports.seaweed().items()]
     command += _seaweed_socket_options(layout, ports)
-    return _spawn("seaweedfs", layout, command, layout.seaweed_log)
+    # SSE-S3 needs a key-encryption key; weed derives one from s3.sse.key (WEED_S3_SSE_KEY).
+    # It goes through the environment, never argv, so `ps` does not show it.
+    extra = {"WEED_S3_SSE_KEY": _seaweed_sse_key(layout)} if encryption else {}
+    return _spawn("seaweedfs", layout, command, layout.seaweed_log, extra)
+
+
+def _seaweed_sse_key(layout: Layout) -> str:
+    """The data folder's encryption key, made on first use and kept (0600) beside the data
+    it unlocks: a new key would make every object already encrypted unreadable."""
+    path = layout.seaweed_sse_key
+    if not path.exists():
+        _write_private(path, random_tokens.token_hex(32) + "\n", None)
+    return path.read_text().strip()
 
 
 def _seaweed_socket_options(layout: Layout, ports: Ports) -> list[str]:
@@ -496,11 +533,13 @@ def _remove_seaweed_sockets(layout: Layout) -> None:
 
 # -- processes by pid file -------------------------------------------------------------------
 
-def _spawn(name: str, layout: Layout, command: list[str], log_file: Path) -> subprocess.Popen:
+def _spawn(name: str, layout: Layout, command: list[str], log_file: Path,
+           extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     with open(log_file, "ab") as log_handle:
         process = subprocess.Popen(command, cwd=layout.root / name, stdin=subprocess.DEVNULL,
                                    stdout=log_handle, stderr=subprocess.STDOUT,
-                                   start_new_session=True, env=_plain_environment())
+                                   start_new_session=True,
+                                   env={**_plain_environment(), **(extra_env or {})})
     layout.pid_file(name).write_text(f"{process.pid}\n")
     log.info("%s started (pid %s), log %s", name, process.pid, log_file)
     return process

@@ -109,6 +109,21 @@ def test_embedded_services_listen_on_loopback_only(backing_env):
         assert addresses <= {"127.0.0.1"}, f"{name} listens on {addresses}"
 
 
+@embedded_only
+def test_the_store_has_a_private_encryption_key_of_its_data_folder(backing_env):
+    layout = Layout(backing.services_dir().resolve())
+    key_file = layout.seaweed_sse_key
+    assert _mode(key_file) == 0o600
+    key = key_file.read_text().strip()
+    assert len(bytes.fromhex(key)) == 32
+    pid = _recorded_pid(layout, "seaweedfs")
+    assert key.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()  # not shown by `ps`
+    assert f"WEED_S3_SSE_KEY={key}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    tracked = subprocess.run(["git", "ls-files", "--", "var"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, check=True).stdout
+    assert tracked == ""  # never committed
+
+
 def _listening_addresses(pid: int) -> set[str]:
     """The local addresses of the TCP sockets this process listens on (from /proc)."""
     inodes = set()

@@ -1021,11 +1021,11 @@ def main() -> int:
     try:
         settings = settings_from_environment()
         host_key = load_host_key(settings.sftp_host_key_file)
+        services = Services(settings)
+        services.prepare_spool_host()
     except ConfigError as exc:
         log.error("sftp: %s", exc.message)
         return exc.exit_code
-    services = Services(settings)
-    services.prepare_spool_host()
     # Development binds loopback only; a deployment listens on every interface.
     host = "0.0.0.0" if settings.app_env == "production" else "127.0.0.1"
     server = SftpServer(services, host_key, host=host, port=settings.sftp_port,
