@@ -91,7 +91,7 @@ def run(repo_root: Path = REPO_ROOT) -> int:
 
 def prepare_files(var: Path) -> DevPaths:
     """Create var/ and the keys and folders the processes need; return where they are."""
-    # 0711: the postgres system user must traverse var/ (when we are root); listing stays ours.
+    # 0711: a postgres system account (root without user namespaces) must traverse var/.
     var.mkdir(mode=0o711, exist_ok=True)
     paths = DevPaths(var.resolve())
     for folder in (paths.tls_cert.parent, paths.ssh_host_key.parent):

@@ -9,6 +9,7 @@ needs it); `start_object_store` starts SeaweedFS alone, with or without that key
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from devstack import binaries
 log = logging.getLogger(__name__)
 
 POSTGRES_USER = "sealdrop"  # the database superuser role (not a system account)
-POSTGRES_SYSTEM_USER = "postgres"  # the system account initdb/postgres run as when we are root
+POSTGRES_SYSTEM_USER = "postgres"  # as root without user namespaces, initdb/postgres run as it
 LOCALHOST = "127.0.0.1"
 READY_TIMEOUT = 60.0
 # AF_UNIX paths are limited to 108 bytes; longer socket paths make postgres refuse to start.
@@ -328,35 +329,36 @@ def _ping_s3(ports: Ports, secrets: ServiceSecrets) -> None:
 
 def _start_postgres(layout: Layout, ports: Ports, secrets: ServiceSecrets, *, durable: bool,
                     timeout: float) -> None:
-    account = _postgres_account()
+    identity = _postgres_identity()
     for folder in (layout.postgres, layout.pg_socket_dir):
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if account is not None:
-        _chown_tree(layout.postgres, *account)
-        _check_reachable(account, layout.postgres, binaries.postgres_bin("postgres"))
+    if os.geteuid() == 0:
+        _chown_tree(layout.postgres, *identity.owner())
+    if identity.account is not None:
+        _check_reachable(identity, layout.postgres, binaries.postgres_bin("postgres"))
     if not (layout.pgdata / "PG_VERSION").exists():
-        _init_postgres(layout, secrets, account, durable=durable)
+        _init_postgres(layout, secrets, identity, durable=durable)
     command = [str(binaries.postgres_bin("pg_ctl")), "start", "--silent", "--wait",
                f"--timeout={int(timeout)}", "-D", str(layout.pgdata), "-l", str(layout.pg_log),
                "-o", _postgres_options(layout, ports, durable=durable)]
-    result = _run_as(account, command, timeout=timeout + 10)
+    result = _run_as(identity, command, timeout=timeout + 10)
     if result.returncode != 0:
         raise ServiceError(f"postgres did not start ({_one_line(result)}); see {layout.pg_log}")
 
 
-def _init_postgres(layout: Layout, secrets: ServiceSecrets, account: tuple[int, int] | None, *,
+def _init_postgres(layout: Layout, secrets: ServiceSecrets, identity: PostgresIdentity, *,
                    durable: bool) -> None:
     if layout.pgdata.exists():
         shutil.rmtree(layout.pgdata)  # a half-made cluster from an interrupted initdb
     password_file = layout.postgres / "initdb.pw"
-    _write_private(password_file, secrets.postgres_password + "\n", account)
+    _write_private(password_file, secrets.postgres_password + "\n", identity.account)
     command = [str(binaries.postgres_bin("initdb")), "-D", str(layout.pgdata), "-U", POSTGRES_USER,
                f"--pwfile={password_file}", "--auth=scram-sha-256", "--encoding=UTF8",
                "--no-locale", "--no-instructions"]
     if not durable:
         command.append("--no-sync")
     try:
-        result = _run_as(account, command, timeout=120)
+        result = _run_as(identity, command, timeout=120)
     finally:
         password_file.unlink(missing_ok=True)
     if result.returncode != 0:
@@ -383,7 +385,7 @@ def _stop_postgres(layout: Layout) -> None:
         return
     command = [str(binaries.postgres_bin("pg_ctl")), "stop", "--silent", "--wait", "--timeout=30",
                "-m", "fast", "-D", str(layout.pgdata)]
-    result = _run_as(_postgres_account(), command, timeout=40)
+    result = _run_as(_postgres_identity(), command, timeout=40)
     if result.returncode != 0 and _postmaster_pid(layout) is not None:
         raise ServiceError(f"pg_ctl stop failed ({_one_line(result)}); see {layout.pg_log}")
 
@@ -396,10 +398,49 @@ def _postmaster_pid(layout: Layout) -> int | None:
     return pid if _is_alive(pid) else None
 
 
-def _postgres_account() -> tuple[int, int] | None:
-    """The (uid, gid) postgres runs as: our own when not root, else an unprivileged account."""
+@dataclass(frozen=True)
+class PostgresIdentity:
+    """How PostgreSQL's programs run, since they refuse to run as root.
+
+    As root they run in a user namespace in which we are `nobody`: the files stay ours, so a
+    checkout inside a home folder others cannot enter (mode 0700, as /root) still works. Where
+    the kernel allows no user namespace, they run as the `postgres` system account instead,
+    which must then be able to reach the checkout.
+    """
+
+    wrapper: tuple[str, ...] = ()
+    account: tuple[int, int] | None = None
+
+    def owner(self) -> tuple[int, int]:
+        """The (uid, gid) that must own PostgreSQL's folder."""
+        return self.account if self.account is not None else (os.geteuid(), os.getegid())
+
+
+@functools.lru_cache(maxsize=1)
+def _postgres_identity() -> PostgresIdentity:
     if os.geteuid() != 0:
+        return PostgresIdentity()
+    wrapper = _user_namespace_wrapper()
+    if wrapper is not None:
+        return PostgresIdentity(wrapper=wrapper)
+    return PostgresIdentity(account=_postgres_system_account())
+
+
+def _user_namespace_wrapper() -> tuple[str, ...] | None:
+    """`unshare` arguments that make us `nobody` in a user namespace, if this machine allows it."""
+    unshare = shutil.which("unshare")
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
         return None
+    if unshare is None:
+        return None
+    wrapper = (unshare, "--user", f"--map-user={nobody.pw_uid}", f"--map-group={nobody.pw_gid}", "--")
+    probe = subprocess.run([*wrapper, "true"], capture_output=True, timeout=10)
+    return wrapper if probe.returncode == 0 else None
+
+
+def _postgres_system_account() -> tuple[int, int]:
     try:
         entry = pwd.getpwnam(POSTGRES_SYSTEM_USER)
     except KeyError:
@@ -410,22 +451,23 @@ def _postgres_account() -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
-def _check_reachable(account: tuple[int, int], folder: Path, binary: Path) -> None:
-    probe = _run_as(account, ["/bin/sh", "-c", 'test -x "$1" && cd "$2"', "sh",
-                              str(binary), str(folder)], timeout=10)
+def _check_reachable(identity: PostgresIdentity, folder: Path, binary: Path) -> None:
+    probe = _run_as(identity, ["/bin/sh", "-c", 'test -x "$1" && cd "$2"', "sh",
+                               str(binary), str(folder)], timeout=10)
     if probe.returncode != 0:
         raise ServiceError(f"the '{POSTGRES_SYSTEM_USER}' system user cannot reach {folder} or run "
                            f"{binary}: a parent folder lacks o+x; move the checkout or allow it")
 
 
-def _run_as(account: tuple[int, int] | None, command: list[str], *,
+def _run_as(identity: PostgresIdentity, command: list[str], *,
             timeout: float) -> subprocess.CompletedProcess:
     options: dict = {}
-    if account is not None:
-        options = dict(user=account[0], group=account[1], extra_groups=[], cwd="/")
+    if identity.account is not None:
+        options = dict(user=identity.account[0], group=identity.account[1], extra_groups=[],
+                       cwd="/")
     # A session of its own: the terminal's Ctrl-C must not reach the postmaster directly.
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, start_new_session=True,
+    return subprocess.run([*identity.wrapper, *command], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL, start_new_session=True,
                           env=_plain_environment(), **options)
 
 

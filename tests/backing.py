@@ -61,6 +61,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         _pool().detach()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that reaches the backing services, so `-m "not backing"` leaves them out."""
+    for item in items:
+        if "backing_env" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.backing)
+
+
 @pytest.fixture(scope="session")
 def backing_env(request: pytest.FixtureRequest) -> dict[str, str]:
     """Environment variables reaching real PostgreSQL, Redis and S3 for this test run."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
+import random
 import secrets
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,3 +203,18 @@ def client_env(test_env: dict[str, str]) -> dict[str, str]:
     """A clean environment for third-party clients: throwaway HOME, no agent or client config."""
     keep = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
     return {**keep, **test_env}
+
+
+def free_port_block(count: int) -> int:
+    """A base port with `count` free ports from it (below the ephemeral range)."""
+    for _ in range(200):
+        base = random.randrange(20000, 32000 - count)
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as probe:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise AssertionError("no block of free ports")

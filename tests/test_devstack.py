@@ -19,11 +19,12 @@ from minio import Minio
 from minio.error import S3Error
 
 from common.config import read_env_file
-from devstack import keys, secretstore
+from devstack import keys, secretstore, services
 from devstack.files import format_env, write_env_file
 from devstack.run import DevPaths, dev_environment, procfile_commands, LONG_RUNNING
 from devstack.services import Layout, Ports, _postmaster_pid, _recorded_pid
 from tests import backing
+from tests.fixtures import free_port_block
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 embedded_only = pytest.mark.skipif(backing.uses_external_services(),
@@ -163,6 +164,26 @@ def test_the_test_ports_differ_from_the_dev_ports():
 
     assert not every_port(DEV_PORTS) & every_port(TEST_PORTS)
     assert len(every_port(TEST_PORTS)) == 2 + len(TEST_PORTS.seaweed())
+
+
+def test_the_services_start_from_a_folder_that_only_its_owner_can_enter(tmp_path):
+    # As /root is, and as many containers' home folders are: as root, PostgreSQL (which refuses
+    # to run as root) must still reach its programs and data there.
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    folder = home / "checkout" / "var"
+    base = free_port_block(3 + len(Ports(0, 0, 0).seaweed()))
+    ports = Ports(postgres=base, valkey=base + 1, s3=base + 2)
+    try:
+        env = services.start_services(folder, ports, services.ServiceSecrets.generate(),
+                                      durable=False)
+        url = env["DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(url, connect_timeout=10) as connection:
+            assert connection.execute("select 1").fetchone() == (1,)
+    finally:
+        services.stop_services(folder)
+    assert services.running_services(folder) == []
+    assert _mode(home) == 0o700
 
 
 # -- the users file of the shared services ------------------------------------------------

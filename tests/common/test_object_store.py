@@ -11,10 +11,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-import random
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +30,7 @@ from common.vfs import Principal, Workspace
 from devstack import keys
 from devstack.services import Ports, ServiceSecrets, start_object_store, stop_services
 from tests import backing
+from tests.fixtures import free_port_block
 from tests.common.test_ingest import (MiB, REPO_ROOT, TcpProxy, assert_stored_once, current_version,
                                       download, upload, wait_for)
 
@@ -225,27 +224,12 @@ def test_an_object_the_store_left_unencrypted_is_not_kept(settings, migrated, tm
 
 # -- a store without a key for server-side encryption ------------------------------------------
 
-def _free_port_block(count: int) -> int:
-    """A base port with `count` free ports from it (below the ephemeral range)."""
-    for _ in range(200):
-        base = random.randrange(20000, 32000 - count)
-        try:
-            for port in range(base, base + count):
-                with socket.socket() as probe:
-                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise AssertionError("no block of free ports")
-
-
 @pytest.fixture(scope="module")
 def keyless_store(tmp_path_factory):
     """A second embedded SeaweedFS, started without its encryption key: S3_SSE=s3 cannot work."""
     folder = tmp_path_factory.mktemp("keyless")
     credentials = ServiceSecrets.generate()
-    ports = Ports(postgres=0, valkey=0, s3=_free_port_block(WEED_PORTS))
+    ports = Ports(postgres=0, valkey=0, s3=free_port_block(WEED_PORTS))
     start_object_store(folder, ports, credentials, encryption=False)
     yield {"S3_ENDPOINT": f"127.0.0.1:{ports.s3}", "S3_ACCESS_KEY": credentials.s3_access_key,
            "S3_SECRET_KEY": credentials.s3_secret_key, "S3_BUCKET": "keyless", "S3_SECURE": "0"}
