@@ -111,7 +111,8 @@ def authenticate(services: Services, username: str, secret: str | bytes, *, meth
 
 
 def verify_totp(services: Services, pending: AuthResult, code: str) -> AuthResult:
-    """The second step (web form, SFTP keyboard-interactive): a TOTP code, or where the door allows, a recovery code."""
+    """The second step (web form, SFTP keyboard-interactive): a TOTP code, or a recovery code
+    on a door whose row accepts them."""
     if not pending.needs_totp:
         raise ValueError("verify_totp needs the result of a first factor that asked for a code")
     _raise_if_banned(services, pending.ip, pending.protocol)

@@ -42,6 +42,12 @@ def last_event(services, account_id: int, action: str) -> tuple[str, int | None]
         return event.protocol, event.user_id
 
 
+def link_visitor(services, account_id: int, permission: str) -> Workspace:
+    """The Workspace of a visitor holding a link to the account admin's /projects."""
+    share_id = share_projects(services, account_id, permission)
+    return Workspace(services, Principal.for_link(share_id, account_id))
+
+
 def share_projects(services, account_id: int, permission: str) -> int:
     with services.db.session() as session:
         acct = session.get(Account, account_id)
@@ -64,7 +70,7 @@ def test_a_link_visitor_sees_only_inside_the_shared_folder(services, account, ow
 
 
 def test_a_read_link_cannot_write(services, account, owner):
-    visitor = Workspace(services, Principal.for_link(share_projects(services, account.id, "read"), account.id))
+    visitor = link_visitor(services, account.id, "read")
     changes = (lambda: visitor.open_write("/new.txt"), lambda: visitor.make_dir("/new"),
                lambda: visitor.remove("/plan.txt"), lambda: visitor.rename("/plan.txt", "/moved.txt"))
     for change in changes:
@@ -74,7 +80,7 @@ def test_a_read_link_cannot_write(services, account, owner):
 
 
 def test_a_write_link_writes_inside_its_share_but_cannot_remove_the_share(services, account, owner):
-    visitor = Workspace(services, Principal.for_link(share_projects(services, account.id, "write"), account.id))
+    visitor = link_visitor(services, account.id, "write")
     write_file(visitor, "/reply.txt", b"from the visitor")
     assert read_file(owner, "/projects/reply.txt") == b"from the visitor"
     with pytest.raises(PermissionDenied):
@@ -84,7 +90,8 @@ def test_a_write_link_writes_inside_its_share_but_cannot_remove_the_share(servic
     assert [e.name for e in owner.list_dir("/private")] == ["secret.txt"]
 
 
-def test_a_link_loses_access_when_the_share_ends_or_names_another_account(services, account, make_account, owner):
+def test_a_link_loses_access_when_the_share_ends_or_names_another_account(services, account, make_account,
+                                                                          owner):
     share_id = share_projects(services, account.id, "read")
     other = make_account()
     with pytest.raises(NotFound):
