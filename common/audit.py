@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from common import doors
 from common.crypto import Keyring
 from common.models import Account, AuditEvent, ServiceState
 
@@ -25,7 +26,7 @@ ACTIONS = (
     "login", "login_failed", "logout", "upload", "download", "delete", "rename", "mkdir",
     "share", "unshare", "link_access", "lockout", "denied", "integrity_failure", "admin_change",
 )
-PROTOCOLS = ("web", "ftps", "sftp", "link", "system")
+PROTOCOLS = doors.AUDIT_PROTOCOLS
 DIRECTIONS = ("in", "out")
 STATUSES = ("ok", "failed", "refused")
 

@@ -3,6 +3,9 @@
 Kept apart from common.auth so that setting a password (CLI, portal) and checking a login share
 one hashing configuration and one counter of hashing work, which the tests read to prove that
 unknown user names cost the same work as known ones.
+It sits below common.accounts (which hashes a new user's password) and common.services (which
+sets the bound), both of which the login gate in common.auth builds on; inside that package it
+would close an import cycle through the package's re-exports.
 """
 from __future__ import annotations
 

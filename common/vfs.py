@@ -1,7 +1,10 @@
 """The Workspace: the one virtual filesystem that every door (web, FTPS, SFTP) speaks through.
 
 A user's view is their home folder at `/`, plus `/Shared/<owner>/<folder>` for each folder
-shared with them and, for admins, the account's `/Audit Logs` (read-only). Every operation
+shared with them and, for admins, the account's `/Audit Logs` (read-only). Callers with no
+user login reach what their door's row in common.doors says: a share-link visitor sees only
+that share's folder at `/`, with the share's permission; a job of the service sees the
+account's `/Audit Logs`, and may write there. Every operation
 runs the same sequence: normalise the path, resolve it inside the caller's account only,
 check the permission, go through crypto and storage, and record the audit event in the same
 transaction as the change. Adapters never touch storage or crypto themselves.
@@ -20,7 +23,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from common import audit, jobs, paths
+from common import audit, doors, jobs, paths
 from common.content import ContentReader, ContentWriter, StoredContent
 from common.crypto import DataKeys, random_key
 from common.errors import (
@@ -42,18 +45,36 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Principal:
-    """The authenticated party a Workspace acts for."""
+    """The party a Workspace acts for: a logged-in user, a share-link visitor, or a service job.
 
-    user_id: int
+    `protocol` names its door (common.doors), whose `reach` says what it may see.
+    """
+
+    user_id: int | None
     account_id: int
-    username: str
+    username: str | None
     role: str
     protocol: str
     ip: str | None = None
+    share_id: int | None = None  # a link visitor's share
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def door(self) -> doors.Door:
+        return doors.door(self.protocol)
+
+    @classmethod
+    def for_link(cls, share_id: int, account_id: int, *, ip: str | None = None) -> "Principal":
+        """A visitor holding a link to this share: only inside its folder, with the share's permission."""
+        return cls(None, account_id, None, "visitor", doors.LINK.name, ip, share_id=share_id)
+
+    @classmethod
+    def system(cls, account_id: int) -> "Principal":
+        """A job of the service in this account, such as the audit export writing into /Audit Logs."""
+        return cls(None, account_id, None, "system", doors.SYSTEM.name)
 
     @classmethod
     def from_login(cls, result) -> "Principal":
@@ -90,7 +111,7 @@ class _Place:
     permission: str = "read"  # of the root this node is under
     share: Share | None = None  # when under a shared folder
     share_root: bool = False  # the shared folder itself (never renamed or removed)
-    virtual: str | None = None  # "shared" or "shared-owner" for the /Shared levels
+    virtual: str | None = None  # "shared" or "shared-owner" for the /Shared levels, "service-root"
     children: dict = field(default_factory=dict)
 
     @property
@@ -139,7 +160,7 @@ class Workspace:
                 if place.node.kind != "folder":
                     raise NotAFolder()
                 entries = self._children(session, place)
-                if place.path == "/":
+                if place.path == "/" and place.share is None:
                     entries += self._root_extras(self._user(session))
         return sorted(entries, key=lambda e: e.name)
 
@@ -281,19 +302,40 @@ class Workspace:
         return self.services.keyring.account(session, self.me.account_id)
 
     def _resolve(self, session: Session, path: str) -> _Place:
-        path = paths.normalise(path)
-        parts = paths.parts(path)
+        parts = paths.parts(paths.normalise(path))
+        reach = self.me.door.reach
+        if reach is doors.Reach.SHARE:
+            return self._walk(session, self._link_root(session), parts)
+        if reach is doors.Reach.AUDIT_LOGS:
+            return self._resolve_for_service(session, parts)
         user = self._user(session)
         if parts[:1] == (SHARED,):
             return self._resolve_shared(session, parts)
         if parts[:1] == (AUDIT_LOGS,):
             if not user.is_admin:
                 raise NotFound()
-            account = session.get(Account, self.me.account_id)
-            root = _Place("/" + AUDIT_LOGS, session.get(Node, account.audit_folder_id), "read")
-            return self._walk(session, root, parts[1:])
+            return self._walk(session, self._audit_logs(session, "read"), parts[1:])
         home = _Place("/", session.get(Node, user.home_folder_id), "write")
         return self._walk(session, home, parts)
+
+    def _link_root(self, session: Session) -> _Place:
+        """The link's share folder as `/`; a share since removed shows nothing."""
+        share = session.get(Share, self.me.share_id)
+        if share is None or share.account_id != self.me.account_id:
+            raise NotFound()
+        return _Place("/", session.get(Node, share.folder_id), share.permission, share=share, share_root=True)
+
+    def _resolve_for_service(self, session: Session, parts: tuple[str, ...]) -> _Place:
+        """A service job sees `/` holding only the account's `/Audit Logs`, which it may write."""
+        if not parts:
+            return _Place("/", virtual="service-root", children={AUDIT_LOGS: None})
+        if parts[0] != AUDIT_LOGS:
+            raise NotFound()
+        return self._walk(session, self._audit_logs(session, "write"), parts[1:])
+
+    def _audit_logs(self, session: Session, permission: str) -> _Place:
+        account = session.get(Account, self.me.account_id)
+        return _Place("/" + AUDIT_LOGS, session.get(Node, account.audit_folder_id), permission)
 
     def _user(self, session: Session) -> User:
         """The caller as the database knows them now (disabled, moved or demoted users lose access)."""
@@ -367,7 +409,7 @@ class Workspace:
             raise PermissionDenied()
         if parent.node.kind != "folder":
             raise NotAFolder()
-        if parent.path == "/" and name in RESERVED_ROOT_NAMES:
+        if parent.path == "/" and parent.share is None and name in RESERVED_ROOT_NAMES:
             raise InvalidName(f"'{name}' is reserved at the top of every workspace")
         return parent, name
 
@@ -380,7 +422,7 @@ class Workspace:
     # -- internals: entries ----------------------------------------------------------------
     def _entry(self, session: Session, place: _Place) -> Entry:
         if place.virtual:
-            return Entry(paths.parts(place.path)[-1], place.path, "folder")
+            return Entry((paths.parts(place.path) or ("/",))[-1], place.path, "folder")
         version = None
         if place.node.current_version_id:
             version = session.get(FileVersion, place.node.current_version_id)
@@ -435,7 +477,7 @@ class Workspace:
                direction: str | None = None, nbytes: int | None = None, duration_ms: int | None = None,
                detail: str | None = None) -> None:
         audit.record(session, self.services.keyring, audit.Event(
-            action=action, protocol=self.me.protocol, status=status, account_id=self.me.account_id,
+            action=action, protocol=self.me.door.audit_protocol, status=status, account_id=self.me.account_id,
             user_id=self.me.user_id, username=self.me.username, ip=self.me.ip, direction=direction,
             path=path, bytes=nbytes, duration_ms=duration_ms, detail=detail))
 

@@ -9,13 +9,14 @@ import pyotp
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
-from common import audit, auth, passwords, totp
+from common import accounts, audit, auth, passwords
+from common.auth import totp
 from common.errors import (
     AlreadyExists, AuthFailed, Banned, InvalidInput, LockedOut, PolicyViolation, TierRequired,
 )
-from common.models import Account, AuditEvent, DefenderFailure, LoginThrottle, User
+from common.models import Account, AuditEvent, DefenderFailure, IpBan, LoginThrottle, User
 from common.services import Services
 from tests.fixtures import STRONG_PASSWORD
 
@@ -349,7 +350,7 @@ def test_wrong_code_is_refused_and_counted(services, mfa_user):
     wrong = f"{(int(user.otp.now()) + 1) % 1_000_000:06d}"
     refused(lambda: auth.verify_totp(services, pending, wrong))
     with services.db.session() as session:
-        subject = auth.accounts.username_index(services.keyring.service(session), user.username)
+        subject = accounts.username_index(services.keyring.service(session), user.username)
         assert len(session.get(LoginThrottle, subject).failures) == 1
 
 
@@ -573,7 +574,7 @@ def test_loopback_is_not_exempt(strict_defender):
         assert auth.is_banned(strict_defender, ip)
     finally:
         with strict_defender.db.session() as session:
-            session.execute(auth.delete(auth.IpBan).where(auth.IpBan.ip == ip))
+            session.execute(delete(IpBan).where(IpBan.ip == ip))
 
 
 # -- password policy ------------------------------------------------------------------------------

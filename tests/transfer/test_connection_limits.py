@@ -15,6 +15,7 @@ from sqlalchemy import delete
 
 from common import auth, passwords
 from common.config import load_settings
+from common.errors import AuthFailed
 from common.models import IpBan
 from common.services import Services
 from tests.fixtures import STRONG_PASSWORD
@@ -160,7 +161,7 @@ def test_a_ban_earned_from_one_address_holds_for_its_whole_64_over_ftps(settings
     strict = Services(dataclasses.replace(settings, defender_max_failures=3, defender_min_users=3))
     try:
         for n in range(3):  # failures from ::2, ::3, ::4: all of ::/64, as ::1 is
-            with pytest.raises(auth.AuthFailed):
+            with pytest.raises(AuthFailed):
                 auth.authenticate(strict, f"ghost-{n}-{time.time_ns()}", "wrong", method="password",
                                   protocol="ftps", ip=f"::{n + 2}")
         with ftps_on_ipv6_loopback(settings, tls_files) as server:

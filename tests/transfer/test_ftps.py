@@ -33,6 +33,7 @@ from pyftpdlib.servers import ThreadedFTPServer
 from sqlalchemy import delete, select
 
 from common import auth
+from common.auth import totp
 from common.errors import AuthFailed
 from common.models import Account, AuditEvent, IpBan, User
 from common.vfs import Principal, Workspace
@@ -628,7 +629,6 @@ def test_mfa_accounts_log_in_with_app_passwords_only(ftps_server, make_account, 
         acct = session.get(Account, account.id)
         auth.set_policy(session, services.keyring, acct, require_mfa=True)
         user = session.get(User, account.admin_id)
-        from common import totp
         totp.enrol_totp(session, services.keyring, user)
         token = auth.create_app_password(session, services.keyring, user, "ftps")
     ftp = connect(ftps_server, source="127.0.0.7")

@@ -8,7 +8,8 @@ import paramiko
 import pyotp
 import pytest
 
-from common import auth, totp
+from common import auth
+from common.auth import totp
 from common.models import PasswordPolicy, User
 from tests.fixtures import STRONG_PASSWORD
 from tests.transfer.ftps_door import connect as ftps_connect, quit_quietly

@@ -32,7 +32,8 @@ from paramiko.sftp import (
 )
 from sqlalchemy import func, select
 
-from common import accounts, auth, jobs, totp
+from common import accounts, auth, jobs
+from common.auth import defender, totp
 from common.cipherstream import CHUNK_SIZE, chunk_offset
 from common.errors import AuthFailed, NotFound
 from common.models import AuditEvent, DefenderFailure, FileVersion, User
@@ -716,7 +717,7 @@ def _drained(sock: socket.socket) -> bool:
 def test_banned_address_is_disconnected_at_once(sftp_server, services):
     source = fresh_source()
     with services.db.session() as session:
-        auth._ban(session, source, datetime(2999, 1, 1, tzinfo=timezone.utc))
+        defender.ban(session, source, datetime(2999, 1, 1, tzinfo=timezone.utc))
     with socket.create_connection(("127.0.0.1", sftp_server.port), timeout=10, source_address=(source, 0)) as sock:
         sock.settimeout(10)
         assert sock.recv(100) == b""
