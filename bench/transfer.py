@@ -365,8 +365,8 @@ LAYERS = (
      "content encryption + SHA-256/MD5 fingerprints, spool writes "
      "(ours; the hashes' worker thread included)"),
     (("argon2/", "common/passwords.py", "common/auth.py"), "login (argon2id)"),
-    (("common/vfs.py", "common/audit.py", "common/db.py", "common/jobs.py", "sqlalchemy/", "psycopg/",
-      "redis/", "rq/"), "database, audit and queue (open, commit)"),
+    (("common/vfs.py", "common/audit.py", "common/db.py", "common/jobs/", "common/purging.py",
+      "sqlalchemy/", "psycopg/", "redis/", "rq/"), "database, audit and queue (open, commit)"),
     (("paramiko/packet.py", "paramiko/transport.py", "paramiko/channel.py", "paramiko/buffered_pipe.py",
       "paramiko/message.py", "paramiko/pipe.py"),
      "SSH transport: packet framing, AES-GCM, socket, channel pipe between threads (paramiko)"),

@@ -1,21 +1,27 @@
-"""Accounts (tenants) and their users: creation, lookup and the names they carry, sealed.
+"""Accounts (tenants) and their users: creation, deletion, lookup and the names they carry, sealed.
 
 Account and user names are unique service-wide (case-insensitively) through blind indexes
 under the service key; emails are indexed per account. Nothing here stores a name in clear.
 """
 from __future__ import annotations
 
+import logging
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
-from common import audit, passwords, paths, vfs
+from common import audit, passwords, paths
 from common.crypto import DataKeys, Keyring
-from common.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
+from common.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied, TransientError
+from common.jobs.purge import enqueue_purge, purge_pending
 from common.models import TIERS, Account, Contact, FileVersion, Node, PasswordPolicy, User
+from common.purging import lock_subtree, lock_tree, purge_record
+from common.services import Services
+
+log = logging.getLogger(__name__)
 
 ACCOUNT_NAME_MAX = 64
 AUDIT_FOLDER_NAME = "Audit Logs"
@@ -115,13 +121,13 @@ def delete_user(session: Session, keyring: Keyring, account: Account, user: User
     email = keys.open_text(user.email_sealed, "email")
     # A folder deletion's locks: an upload committing into their files waits for us and then
     # finds its folder gone, rather than adding a version the cascade takes without a purge.
-    vfs.lock_tree(session, account.id)
+    lock_tree(session, account.id)
     for root in session.scalars(select(Node).where(Node.owner_id == user.id, Node.parent_id.is_(None))
                                 .order_by(Node.id)):
-        vfs.lock_subtree(session, root)
+        lock_subtree(session, root)
     for version in session.scalars(
             select(FileVersion).join(Node, Node.id == FileVersion.node_id).where(Node.owner_id == user.id)):
-        session.add(vfs.purge_record(version))
+        session.add(purge_record(version))
     if session.scalar(select(Contact.id).where(Contact.account_id == account.id,
                                                Contact.email_index == user.email_index)) is None:
         session.add(Contact(account_id=account.id, email_sealed=keys.seal_text(email, "email"),
@@ -134,6 +140,45 @@ def delete_user(session: Session, keyring: Keyring, account: Account, user: User
 
 def _admin_count(session: Session, account_id: int) -> int:
     return session.scalar(select(func.count()).where(User.account_id == account_id, User.role == "admin"))
+
+
+@dataclass(frozen=True)
+class DeletionReport:
+    account_id: int
+    versions: int  # stored or spooled versions whose ciphertext is queued for erasure
+    purged: int  # erased at once (this host's spool and the store); the rest by their hosts
+
+
+def delete_account(services: Services, account_id: int) -> DeletionReport:
+    """Delete an account and everything it holds: rows and keys now (the crypto-shredding),
+    ciphertext by the purge."""
+    with services.db.session() as session:
+        if session.get(Account, account_id, with_for_update=True) is None:
+            raise LookupError(f"account {account_id} does not exist")
+        # Record the ciphertext to erase before the rows that name it disappear.
+        queued = session.execute(text("""
+            INSERT INTO pending_purges (storage_key, spool_id)
+            SELECT storage_key, CASE WHEN state = 'stored' THEN NULL ELSE spool_id END
+            FROM file_versions WHERE account_id = :account
+        """), {"account": account_id}).rowcount
+        spools = set(session.scalars(select(FileVersion.spool_id).where(
+            FileVersion.account_id == account_id, FileVersion.state == "spooled").distinct()))
+        # The FKs cascade: users, nodes, versions, keys (the shredding), shares, audit events.
+        session.execute(delete(Account).where(Account.id == account_id))
+        audit.record(session, services.keyring, audit.Event(
+            action="admin_change", protocol="system", detail=f"account {account_id} deleted"))
+    services.keyring.forget(account_id)
+    try:
+        purged = purge_pending(services)
+    except TransientError:
+        # The rows and keys are gone already; the store's outage only delays the erasure,
+        # which each spool host's sweeper retries.
+        log.warning("account %s deleted; its ciphertext waits for the store", account_id)
+        purged = 0
+    for spool_id in sorted(spools - {services.settings.spool_id}):
+        enqueue_purge(services, spool_id)  # their spool files are on their hosts
+    log.info("account %s deleted: %d version(s) queued for erasure", account_id, queued)
+    return DeletionReport(account_id, queued, purged)
 
 
 def check_new_password(session: Session, account: Account, password: str,

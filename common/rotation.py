@@ -1,4 +1,5 @@
-"""Key lifecycle: rotation of wrapped keys and crypto-shredding of whole accounts.
+"""Key rotation: re-wrapping of stored keys (account deletion, the crypto-shredding, is in
+common.accounts).
 
 Rotation re-wraps keys only. It never re-seals data or recomputes blind indexes, so logins,
 lookups and the audit chain stay valid. Every step commits in batches and only touches rows
@@ -11,10 +12,9 @@ import logging
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import func, select
 
-from common import audit
-from common.errors import SealdropError, TransientError
+from common.errors import SealdropError
 from common.models import Account, FileVersion, WrappedKey
 from common.services import Services
 
@@ -155,44 +155,3 @@ def _drop_old_versions(services: Services, account_id: int, version: int, batch:
                 return len(old)
         # Files committed under an old key while we worked: move them too, then try again.
         _rewrap_file_keys(services, account_id, version, batch)
-
-
-# -- crypto-shredding ----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class DeletionReport:
-    account_id: int
-    versions: int  # stored or spooled versions whose ciphertext is queued for erasure
-    purged: int  # erased at once (this host's spool and the store); the rest by their hosts
-
-
-def delete_account(services: Services, account_id: int) -> DeletionReport:
-    """Delete an account and everything it holds: rows and keys now, ciphertext by the purge."""
-    from common import jobs
-    with services.db.session() as session:
-        if session.get(Account, account_id, with_for_update=True) is None:
-            raise LookupError(f"account {account_id} does not exist")
-        # Record the ciphertext to erase before the rows that name it disappear.
-        queued = session.execute(text("""
-            INSERT INTO pending_purges (storage_key, spool_id)
-            SELECT storage_key, CASE WHEN state = 'stored' THEN NULL ELSE spool_id END
-            FROM file_versions WHERE account_id = :account
-        """), {"account": account_id}).rowcount
-        spools = set(session.scalars(select(FileVersion.spool_id).where(
-            FileVersion.account_id == account_id, FileVersion.state == "spooled").distinct()))
-        # The FKs cascade: users, nodes, versions, keys (the shredding), shares, audit events.
-        session.execute(delete(Account).where(Account.id == account_id))
-        audit.record(session, services.keyring, audit.Event(
-            action="admin_change", protocol="system", detail=f"account {account_id} deleted"))
-    services.keyring.forget(account_id)
-    try:
-        purged = jobs.purge_pending(services)
-    except TransientError:
-        # The rows and keys are gone already; the store's outage only delays the erasure,
-        # which each spool host's sweeper retries.
-        log.warning("account %s deleted; its ciphertext waits for the store", account_id)
-        purged = 0
-    for spool_id in sorted(spools - {services.settings.spool_id}):
-        jobs.enqueue_purge(services, spool_id)  # their spool files are on their hosts
-    log.info("account %s deleted: %d version(s) queued for erasure", account_id, queued)
-    return DeletionReport(account_id, queued, purged)

@@ -1,16 +1,18 @@
-"""The handles a process needs (settings, database, keys), built once from settings."""
+"""The handles a process needs (settings, database, keys, spool, store, Redis), built once from
+settings. The bottom of the core: it imports no job, workspace or door (a process that receives
+uploads prepares its spool with common.jobs.sweep.prepare_spool_host)."""
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from functools import cached_property
+
+from redis import Redis
 
 from common import passwords
 from common.config import Settings
 from common.crypto import Keyring, MasterKeyRing
 from common.db import Database
-
-log = logging.getLogger(__name__)
+from common.storage import ObjectStore, Spool
 
 
 @dataclass
@@ -27,36 +29,16 @@ class Services:
         self.keyring = Keyring(MasterKeyRing(self.settings.master_keys))
 
     @cached_property
-    def spool(self):
-        from common.storage import Spool
+    def spool(self) -> Spool:
         return Spool(self.settings.spool_dir, self.settings.spool_id)
 
     @cached_property
-    def store(self):
-        from common.storage import ObjectStore
+    def store(self) -> ObjectStore:
         return ObjectStore(self.settings)
 
     @cached_property
-    def redis(self):
-        from redis import Redis
+    def redis(self) -> Redis:
         return Redis.from_url(self.settings.redis_url)
-
-    def prepare_spool_host(self) -> None:
-        """Start-up of a process that receives uploads: register its spool, check the bucket.
-
-        A store outage is only a warning here: uploads are accepted into the spool meanwhile,
-        and the store checks the bucket before its first write once it is back. A bucket or
-        store that does not suit us (versioning, no server-side encryption when asked) raises
-        ConfigError: the process stops with its one-line message.
-        """
-        from common import jobs
-        from common.errors import TransientError
-        self.spool.ensure()
-        jobs.register_spool(self)
-        try:
-            self.store.ensure_bucket()
-        except TransientError:
-            log.warning("object store unreachable at start-up; uploads will wait in the spool")
 
     def close(self) -> None:
         self.db.dispose()

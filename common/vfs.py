@@ -23,19 +23,22 @@ from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from common import audit, doors, jobs, paths
+from common import audit, doors, paths
 from common.content import ContentReader, ContentWriter, StoredContent
 from common.crypto import DataKeys, random_key
 from common.errors import (
     AlreadyExists, IntegrityFailure, InvalidName, IsAFolder, NotAFolder, NotEmpty, NotFound,
     FileReplaced, PermissionDenied, SealdropError, Unsupported,
 )
+from common.jobs.alerts import enqueue_integrity_alert
+from common.jobs.ingest import enqueue_ingest
+from common.jobs.purge import enqueue_purge, purge_pending
 from common.models import Account, FileVersion, Node, PendingPurge, Share, User
+from common.purging import lock_subtree, lock_tree, purge_record
 from common.services import Services
 from common.storage import upload_verified
 
 SHARED = "Shared"
-TREE_LOCK_SPACE = 0x5EA1  # first key of the per-account advisory lock on moves and deletions
 AUDIT_LOGS = "Audit Logs"
 RESERVED_ROOT_NAMES = (SHARED, AUDIT_LOGS)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -349,9 +352,9 @@ class Workspace:
 
     def _purge_soon(self) -> None:
         if self.services.settings.ingest_mode == "inline":
-            purge = jobs.purge_pending  # no worker serves this host's spool queue
+            purge = purge_pending  # no worker serves this host's spool queue
         else:
-            purge = jobs.enqueue_purge
+            purge = enqueue_purge
         _after_commit_quietly(f"purge after a change in account {self.me.account_id}", purge, self.services)
 
     def _resolve_shared(self, session: Session, parts: tuple[str, ...]) -> _Place:
@@ -503,7 +506,7 @@ class Workspace:
         """Audit a failed integrity check and alert the account's admins."""
         with self._session() as session:
             self._audit(session, "integrity_failure", status="failed", path=path)
-        jobs.enqueue_integrity_alert(self.services, self.me.account_id)
+        enqueue_integrity_alert(self.services, self.me.account_id)
 
     def _version_state(self, version_id: uuid.UUID) -> str | None:
         with self._session() as session:
@@ -644,7 +647,7 @@ class Upload:
         if inline:
             services.spool.remove(self._writer.storage_key)
         else:
-            _after_commit_quietly(f"ingest of version {self._writer.version_id}", jobs.enqueue_ingest,
+            _after_commit_quietly(f"ingest of version {self._writer.version_id}", enqueue_ingest,
                                   services, self._writer.version_id, cipher_size)
 
 
@@ -682,25 +685,6 @@ class Download:
         self._done = True
         self.workspace.record_transfer("download", self.path, status=status, nbytes=self.sent,
                                        started=self._started, detail=detail)
-
-
-def purge_record(version: FileVersion) -> PendingPurge:
-    """The erasure to do for a version: a stored one is in the bucket, which any host can clean."""
-    return PendingPurge(storage_key=version.storage_key,
-                        spool_id=None if version.state == "stored" else version.spool_id)
-
-
-def lock_tree(session: Session, account_id: int) -> None:
-    """Serialise moves and deletions within the account (transaction-scoped)."""
-    session.execute(select(func.pg_advisory_xact_lock((TREE_LOCK_SPACE << 40) + account_id)))
-
-
-def lock_subtree(session: Session, node: Node) -> None:
-    """Lock a node and everything below it: an upload committing there waits, or finished first."""
-    session.execute(text("""
-        WITH RECURSIVE tree(id) AS (
-            SELECT CAST(:root AS bigint) UNION ALL SELECT n.id FROM nodes n JOIN tree t ON n.parent_id = t.id)
-        SELECT id FROM nodes WHERE id IN (SELECT id FROM tree) FOR UPDATE"""), {"root": node.id})
 
 
 def _after_commit_quietly(what: str, func, *args) -> None:

@@ -9,6 +9,7 @@ from flask import Flask
 from common.config import Settings, settings_from_environment
 from common.errors import ConfigError
 from common.services import Services
+from portal import cli
 from portal.extensions import db, migrate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +27,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["sealdrop"] = Services(settings)
     db.init_app(app)
     migrate.init_app(app, db, directory=str(REPO_ROOT / "migrations"), compare_type=True)
-    from portal import cli
     cli.register(app)
 
     @app.get("/healthz")

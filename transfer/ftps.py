@@ -57,6 +57,7 @@ from common.errors import (
     AuthFailed, Banned, ConfigError, IsAFolder, NotAFolder, NotFound, PermissionDenied, SealdropError,
     Unsupported,
 )
+from common.jobs.sweep import prepare_spool_host
 from common.services import Services
 from common.vfs import Entry, Principal, Workspace
 
@@ -1232,7 +1233,7 @@ def main() -> int:
     try:
         settings = settings_from_environment()
         services = Services(settings)
-        services.prepare_spool_host()
+        prepare_spool_host(services)
         host = "127.0.0.1" if settings.app_env != "production" else "0.0.0.0"
         servers = build_servers(services, host)
     except ConfigError as exc:

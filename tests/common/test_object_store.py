@@ -22,8 +22,9 @@ from minio.commonconfig import ENABLED, Filter
 from minio.lifecycleconfig import AbortIncompleteMultipartUpload, Expiration, LifecycleConfig, Rule
 from minio.versioningconfig import VersioningConfig
 
-from common import jobs
 from common.errors import ConfigError, TransientError
+from common.jobs.ingest import ingest_version
+from common.jobs.sweep import prepare_spool_host
 from common.services import Services
 from common.storage import MULTIPART_RULE_ID, ObjectStore
 from common.vfs import Principal, Workspace
@@ -108,14 +109,14 @@ def test_the_bucket_is_checked_once_the_store_is_back_after_a_start_up_outage(
     direct.client.set_bucket_lifecycle(direct.bucket, LifecycleConfig([_operator_rule()]))
     svc = open_services(own)
     proxy.cut_all()
-    svc.prepare_spool_host()  # only a warning: uploads wait in the spool
+    prepare_spool_host(svc)  # only a warning: uploads wait in the spool
     ws = _workspace(svc, account)
     data = os.urandom(300_000)
     upload(ws, "/early.bin", data)
 
     proxy.restore()
     version = current_version(svc, ws, "/early.bin")
-    assert jobs.ingest_version(svc, version.id) == "stored"
+    assert ingest_version(svc, version.id) == "stored"
     assert set(_rules(direct)) == {"operator-expiry", MULTIPART_RULE_ID}  # checked, and merged
     assert_stored_once(svc, version, data)
 
@@ -124,22 +125,22 @@ def test_a_bucket_that_gained_versioning_during_an_outage_gets_no_more_objects(
         settings, migrated, tmp_path, proxy, account, open_services):
     own = _own(settings, tmp_path, s3_endpoint=proxy.endpoint)
     svc = open_services(own)
-    svc.prepare_spool_host()
+    prepare_spool_host(svc)
     ws = _workspace(svc, account)
     upload(ws, "/before.bin", os.urandom(100_000))
-    assert jobs.ingest_version(svc, current_version(svc, ws, "/before.bin").id) == "stored"
+    assert ingest_version(svc, current_version(svc, ws, "/before.bin").id) == "stored"
 
     proxy.cut_all()
     upload(ws, "/during.bin", os.urandom(100_000))
     during = current_version(svc, ws, "/during.bin")
     with pytest.raises(TransientError):
-        jobs.ingest_version(svc, during.id)
+        ingest_version(svc, during.id)
     direct = ObjectStore(dataclasses.replace(own, s3_endpoint=settings.s3_endpoint))
     direct.client.set_bucket_versioning(direct.bucket, VersioningConfig(ENABLED))
     proxy.restore()
 
     with pytest.raises(ConfigError, match="versioning"):
-        jobs.ingest_version(svc, during.id)
+        ingest_version(svc, during.id)
     assert direct.stat(during.storage_key) is None
     assert svc.spool.has(during.storage_key) and current_version(svc, ws, "/during.bin").state == "spooled"
 
@@ -159,14 +160,14 @@ def test_uploads_are_encrypted_by_the_store_end_to_end_with_the_procfile_worker(
         settings, migrated, tmp_path, account, test_env, open_services):
     own = _own(settings, tmp_path, s3_sse="s3")
     svc = open_services(own)
-    svc.prepare_spool_host()  # the start-up probe: the test store has its key
+    prepare_spool_host(svc)  # the start-up probe: the test store has its key
     ws = _workspace(svc, account)
     files = {"/large.bin": os.urandom(17 * MiB + 3), "/small.bin": os.urandom(5_000)}  # multipart, single
     for path, data in files.items():
         upload(ws, path, data)
     env = {**os.environ, **test_env, "S3_SSE": "s3", "S3_BUCKET": own.s3_bucket,
            "SPOOL_ID": own.spool_id, "SPOOL_DIR": str(own.spool_dir), "PYTHONPATH": str(REPO_ROOT)}
-    worker = subprocess.Popen([sys.executable, "-m", "common.worker"], cwd=REPO_ROOT, env=env,
+    worker = subprocess.Popen([sys.executable, "-m", "common.jobs.worker"], cwd=REPO_ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: all(current_version(svc, ws, p).state == "stored" for p in files), timeout=120)
@@ -199,7 +200,7 @@ def test_an_object_the_store_left_unencrypted_is_not_kept(settings, migrated, tm
                                                           open_services, monkeypatch):
     own = _own(settings, tmp_path, s3_sse="s3")
     svc = open_services(own)
-    svc.prepare_spool_host()
+    prepare_spool_host(svc)
     ws = _workspace(svc, account)
     upload(ws, "/quiet.bin", os.urandom(200_000))
     version = current_version(svc, ws, "/quiet.bin")
@@ -209,7 +210,7 @@ def test_an_object_the_store_left_unencrypted_is_not_kept(settings, migrated, tm
     monkeypatch.setattr(type(svc.store.client), "put_object",
                         lambda client, *args, **kwargs: real_put(client, *args, **{**kwargs, "sse": None}))
     with pytest.raises(ConfigError, match="did not encrypt"):
-        jobs.ingest_version(svc, version.id)
+        ingest_version(svc, version.id)
     assert svc.store.stat(version.storage_key) is None
     assert current_version(svc, ws, "/quiet.bin").state == "spooled" and svc.spool.has(version.storage_key)
 
@@ -218,7 +219,7 @@ def test_an_object_the_store_left_unencrypted_is_not_kept(settings, migrated, tm
     with open(svc.spool.path(version.storage_key), "rb") as handle:
         svc.store.client.put_object(own.s3_bucket, version.storage_key, handle, version.cipher_size)
     assert not svc.store.stat(version.storage_key).encrypted
-    assert jobs.ingest_version(svc, version.id) == "stored"
+    assert ingest_version(svc, version.id) == "stored"
     assert svc.store.stat(version.storage_key).encrypted
 
 
@@ -244,7 +245,7 @@ def test_a_store_that_cannot_encrypt_is_refused_by_the_bucket_check(settings, ke
         ObjectStore(dataclasses.replace(settings, **reach, s3_sse="s3")).ensure_bucket()
 
 
-@pytest.mark.parametrize("process", ["common.worker", "transfer.sftp", "transfer.ftps"])
+@pytest.mark.parametrize("process", ["common.jobs.worker", "transfer.sftp", "transfer.ftps"])
 def test_start_up_stops_with_one_line_when_the_store_cannot_encrypt(process, test_env, migrated,
                                                                     keyless_store, tmp_path):
     keys.ensure_ssh_host_key(tmp_path / "host_key")

@@ -14,8 +14,9 @@ import time
 import pytest
 from sqlalchemy import func, select, text
 
-from common import accounts, jobs, rotation
+from common import accounts, rotation
 from common.errors import ConfigError
+from common.jobs.ingest import ingest_version
 from common.models import FileVersion, WrappedKey
 from common.services import Services
 from common.vfs import Principal, Workspace
@@ -37,7 +38,7 @@ def make_account_with_files(svc: Services, files: dict[str, bytes], ingest: tupl
         up.write(data)
         up.commit()
         if path in ingest:
-            assert jobs.ingest_version(svc, current_version_id(svc, ws, path)) == "stored"
+            assert ingest_version(svc, current_version_id(svc, ws, path)) == "stored"
     return ids[0], ids[1], admin, name
 
 
@@ -127,14 +128,14 @@ def test_account_deletion_shreds_keys_and_purges(fresh_settings, open_services):
     with svc.db.session() as session:
         keys = session.execute(select(FileVersion.storage_key, FileVersion.state)
                                .where(FileVersion.account_id == doomed[0])).all()
-    report = rotation.delete_account(svc, doomed[0])
+    report = accounts.delete_account(svc, doomed[0])
     assert report.versions == 2 and report.purged >= 2
     for key, _ in keys:
         assert svc.store.stat(key) is None and not svc.spool.has(key)
     assert _rows_of(svc, doomed[0]) == {}
     read_all(open_services(fresh_settings), kept[:3], {"/k.txt": b"keep me"})
     with pytest.raises(LookupError):
-        rotation.delete_account(svc, doomed[0])
+        accounts.delete_account(svc, doomed[0])
 
 
 def _rows_of(svc: Services, account_id: int) -> dict[str, int]:

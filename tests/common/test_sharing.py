@@ -9,6 +9,7 @@ from common import accounts, audit, sharing
 from common.errors import (
     InvalidInput, NotFound, PermissionDenied, SealdropError,
 )
+from common.jobs.invitations import send_share_invitation
 from common.models import Contact, Node, Share, User
 from common.vfs import Principal, Workspace
 
@@ -185,12 +186,11 @@ def test_no_path_escapes_into_another_account(two_tenants, segments, absolute):
 
 def test_a_contact_gets_a_mailed_link_that_only_exists_in_the_mail(services, team):
     from email import message_from_bytes
-    from common import jobs
     from common.models import ShareLink
     account, owner, *_ = team
     share_id = share(services, account, owner, "/projects", "partner@example.test", "write")
     before = set(services.settings.mail_dir.glob("*.eml")) if services.settings.mail_dir.exists() else set()
-    assert jobs.send_share_invitation(services, share_id)
+    assert send_share_invitation(services, share_id)
     [sent] = set(services.settings.mail_dir.glob("*.eml")) - before
     mail = message_from_bytes(sent.read_bytes())
     assert mail["To"] == "partner@example.test"

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from common import jobs
 from common.errors import AlreadyExists, InvalidName, IsAFolder, NotFound, PermissionDenied
+from common.jobs.ingest import ingest_version
 from common.vfs import Principal, Workspace
 
 
@@ -38,7 +38,7 @@ def test_upload_list_download_round_trip(workspace, services):
     assert [(e.name, e.size) for e in workspace.list_dir("/reports")] == [("q1.csv", len(data))]
     assert download(workspace, "/reports/q1.csv") == data  # served from the spool
     assert download(workspace, "/reports/q1.csv", 300_001, 1000) == data[300_001:301_001]
-    jobs.ingest_version(services, _current_version(services, workspace, "/reports/q1.csv"))
+    ingest_version(services, _current_version(services, workspace, "/reports/q1.csv"))
     assert download(workspace, "/reports/q1.csv") == data  # now from the store
 
 
@@ -82,7 +82,7 @@ def test_reading_at_the_very_end_gives_nothing(workspace, services):
     from common.cipherstream import CHUNK_SIZE
     data = os.urandom(CHUNK_SIZE * 2)
     upload(workspace, "/exact.bin", data)
-    jobs.ingest_version(services, _current_version(services, workspace, "/exact.bin"))
+    ingest_version(services, _current_version(services, workspace, "/exact.bin"))
     assert download(workspace, "/exact.bin", len(data)) == b""
     assert download(workspace, "/exact.bin", len(data) - 1) == data[-1:]
 

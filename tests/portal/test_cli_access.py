@@ -14,12 +14,8 @@ from tests.fixtures import STRONG_PASSWORD, assert_one_line_error
 
 @pytest.fixture(scope="module")
 def cli_app(settings, migrated):
-    from portal import cli_access, create_app
+    from portal import create_app
     app = create_app(settings)
-    # The lead registers these groups in portal.cli; add them here until that lands.
-    for group in (cli_access.policy_cli, cli_access.ip_cli):
-        if group.name not in app.cli.commands:
-            app.cli.add_command(group)
     yield app
     app.extensions["sealdrop"].close()
 

@@ -16,12 +16,8 @@ from tests.fixtures import TEST_MASTER_KEYS, assert_one_line_error
 
 
 def make_cli_app(settings):
-    from portal import cli_storage, create_app
-    app = create_app(settings)
-    # The lead registers this group in portal.cli; add it here until that lands.
-    if cli_storage.keys_cli.name not in app.cli.commands:
-        app.cli.add_command(cli_storage.keys_cli)
-    return app
+    from portal import create_app
+    return create_app(settings)
 
 
 @pytest.fixture

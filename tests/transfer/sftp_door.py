@@ -19,6 +19,7 @@ from paramiko.sftp import (
 )
 
 from common.errors import AlreadyExists
+from common.jobs.sweep import prepare_spool_host
 from tests.doors import DoorError
 from transfer.sftp import Limits, SftpServer, load_host_key
 
@@ -40,7 +41,7 @@ def sftp_host_key_file(tmp_path_factory) -> Path:
 
 
 def start_sftp_server(services, host_key_file: Path, limits: Limits | None = None) -> SftpServer:
-    services.prepare_spool_host()
+    prepare_spool_host(services)
     limits = limits or Limits.from_settings(services.settings)
     return SftpServer(services, load_host_key(host_key_file), host="127.0.0.1", port=0, limits=limits).start()
 

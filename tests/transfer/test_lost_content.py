@@ -7,8 +7,8 @@ import time
 import pytest
 from sqlalchemy import select
 
-from common import jobs
 from common.errors import IntegrityFailure
+from common.jobs.ingest import LOST_CIPHERTEXT_TRIES, ingest_version
 from common.models import FileVersion, Node
 from tests.doors import DoorError, make_door
 
@@ -20,9 +20,9 @@ def test_a_file_whose_ciphertext_was_lost_fails_at_once(request, door_name, serv
     door.upload("/lost.bin", os.urandom(70_000))
     version = _newest_version(services, account.id)
     services.spool.remove(version.storage_key)  # the spool volume lost it before ingest
-    for _ in range(jobs.LOST_CIPHERTEXT_TRIES):  # the worker's tries (RQ retries and the sweeper)
+    for _ in range(LOST_CIPHERTEXT_TRIES):  # the worker's tries (RQ retries and the sweeper)
         try:
-            jobs.ingest_version(services, version.id)
+            ingest_version(services, version.id)
         except IntegrityFailure:
             pass
     started = time.monotonic()

@@ -32,10 +32,11 @@ from paramiko.sftp import (
 )
 from sqlalchemy import func, select
 
-from common import accounts, auth, jobs
+from common import accounts, auth
 from common.auth import defender, totp
 from common.cipherstream import CHUNK_SIZE, chunk_offset
 from common.errors import AuthFailed, NotFound
+from common.jobs.ingest import ingest_version
 from common.models import AuditEvent, DefenderFailure, FileVersion, User
 from common.services import Services
 from common.vfs import Principal, Workspace
@@ -802,7 +803,7 @@ def _stored_file(services, account, path: str, data: bytes) -> FileVersion:
     upload.commit()
     with services.db.session() as session:
         version_id = ws._resolve(session, path).node.current_version_id
-    assert jobs.ingest_version(services, version_id) == "stored"
+    assert ingest_version(services, version_id) == "stored"
     with services.db.session() as session:
         version = session.get(FileVersion, version_id)
         session.expunge(version)

@@ -1,4 +1,4 @@
-"""The worker entry point (`python -m common.worker`): `rq worker` on this host's queues.
+"""The worker entry point (`python -m common.jobs.worker`): `rq worker` on this host's queues.
 
 The queue names come from the settings (the spool id is cleaned there once), the spool is
 registered so the clock sweeps it, and then the process becomes `rq worker` itself. The Redis
@@ -12,7 +12,8 @@ import sys
 
 from common.config import settings_from_environment
 from common.errors import ConfigError
-from common.jobs import MAIL_QUEUE, MAINTENANCE_QUEUE, ingest_queue_name
+from common.jobs.registry import MAIL_QUEUE, MAINTENANCE_QUEUE, ingest_queue_name
+from common.jobs.sweep import prepare_spool_host
 from common.services import Services
 
 
@@ -26,7 +27,7 @@ def main() -> int:
         settings = settings_from_environment()
         services = Services(settings)
         try:
-            services.prepare_spool_host()
+            prepare_spool_host(services)
         finally:
             services.close()
     except ConfigError as exc:

@@ -1,9 +1,10 @@
-"""The one list of schedules, served by the `clock` process: `rq cron common/cron.py`.
+"""The one list of schedules, served by the `clock` process: `rq cron common/jobs/schedules.py`.
 
 One clock per deployment, run with TZ=UTC (rq's cron expressions follow the process's local
 time). The clock only enqueues: the work runs in workers, whose jobs are idempotent, so a
 missed or doubled tick does no harm. Loading this file registers the schedules with rq (that
-is how `rq cron` reads it); it opens no connection and reads no setting.
+is how `rq cron` reads it); it opens no connection and reads no setting. Each job's queue and
+timeout are its own (`@job`).
 
 - every minute, the sweep fan-out: one sweeper per known spool, on `ingest.<spool id>`, which
   re-queues lost ingests, removes stale temp and orphan spool files and runs the purge
@@ -15,16 +16,18 @@ from __future__ import annotations
 
 from rq import cron
 
-from common import jobs
+from common.jobs.fixity import fixity
+from common.jobs.login_state import prune_login_state
+from common.jobs.registry import FAILURE_TTL
+from common.jobs.sweep import sweep_all
 
 SCHEDULES = (
-    dict(func=jobs.sweep_all, queue_name=jobs.MAINTENANCE_QUEUE, interval=60,
-         job_timeout=120, result_ttl=0, failure_ttl=jobs.FAILURE_TTL, name="sweep-fan-out"),
-    dict(func=jobs.fixity, queue_name=jobs.MAINTENANCE_QUEUE, cron="17 * * * *",
-         job_timeout=jobs.FIXITY_TIMEOUT, result_ttl=0, failure_ttl=jobs.FAILURE_TTL, name="fixity"),
-    dict(func=jobs.prune_login_state, queue_name=jobs.MAINTENANCE_QUEUE, interval=600,
-         job_timeout=120, result_ttl=0, failure_ttl=jobs.FAILURE_TTL, name="prune-login-state"),
+    dict(func=sweep_all, interval=60, name="sweep-fan-out"),
+    dict(func=fixity, cron="17 * * * *", name="fixity"),
+    dict(func=prune_login_state, interval=600, name="prune-login-state"),
 )
 
 for _schedule in SCHEDULES:
-    cron.register(**_schedule)
+    _job = _schedule["func"].job_spec
+    cron.register(**_schedule, queue_name=_job.queue, job_timeout=_job.timeout,
+                  result_ttl=0, failure_ttl=FAILURE_TTL)
