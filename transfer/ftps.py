@@ -11,7 +11,9 @@ fixed in our subclasses, with options set on them and never on the library's cla
   clients share one session cache between their parallel connections). `TLSSessions` books
   the owner of every session the server issues; a fresh session, a session of another user or
   of a connection that never logged in is refused, and the passive port keeps listening for
-  the rightful connection until its accept timeout.
+  the rightful connection until its accept timeout. Only control connections are issued
+  sessions: a TLS 1.3 ticket on an upload's data connection, which the client never reads,
+  would make its kernel reset the connection and cut the upload.
 - Bytes are stored and sent as they are in TYPE A too (as vsftpd does by default), so the
   fingerprints are those of the client's file.
 - An upload is committed only when the client closed the data connection with TLS
@@ -124,7 +126,7 @@ class _HandshakeNotes:
     __slots__ = ("owner", "resumed", "issued")
 
     def __init__(self, owner: SessionOwner | None):
-        self.owner = owner  # None on a data connection: its sessions are booked once it is approved
+        self.owner = owner  # None on a data connection, which is issued no session
         self.resumed: bytes | None = None
         self.issued: list[bytes] = []
 
@@ -146,6 +148,7 @@ class TLSSessions:
     def __init__(self, cert_file: str, key_file: str):
         self.context = tls_context(cert_file, key_file)
         self.context.set_info_callback(self._on_handshake_step)
+        self.context.set_tlsext_servername_callback(self._on_client_hello)
         self._lifetime = self.context.get_timeout()
         self._digest_key = secrets.token_bytes(32)
         self._owners: OrderedDict[bytes, tuple[float, SessionOwner]] = OrderedDict()
@@ -171,12 +174,17 @@ class TLSSessions:
             return False
         return notes.resumed is not None and (notes.resumed == own.resumed or notes.resumed in own.issued)
 
-    def adopt_issued(self, connection: SSL.Connection, owner: SessionOwner) -> None:
-        """Book the sessions issued to an approved data connection to `owner`."""
+    def _on_client_hello(self, connection: SSL.Connection) -> None:
+        # A data connection is issued no session ticket. A TLS 1.3 ticket follows the handshake,
+        # and a client that only writes (rclone uploads) leaves it unread: its kernel then resets
+        # the connection at close, dropping the end of the upload and its close-notify. Set
+        # here, after the ClientHello's ticket was accepted, OP_NO_TICKET cancels the ticket
+        # this handshake would send and leaves the resumption as it was (OpenSSL's
+        # final_server_name); pyOpenSSL has no SSL_set_num_tickets nor a per-connection
+        # set_options, so this reaches its private binding, as `session_reused` does.
         notes = connection.get_app_data()
-        if isinstance(notes, _HandshakeNotes):
-            for key in notes.issued:
-                self._book(key, owner)
+        if isinstance(notes, _HandshakeNotes) and notes.owner is None:
+            _openssl.SSL_set_options(connection._ssl, SSL.OP_NO_TICKET)
 
     def _on_handshake_step(self, connection, where, _result) -> None:
         if not where & (SSL.SSL_CB_ACCEPT_LOOP | SSL.SSL_CB_HANDSHAKE_DONE):
@@ -621,8 +629,6 @@ class WorkspaceDTPHandler(TLS_DTPHandler, _TransferEnd):
         if refusal:
             self._refuse("522 The data connection must resume a TLS session of this login.", refusal)
             return
-        channel = self.cmd_channel
-        channel.tls_sessions.adopt_issued(self.socket, SessionOwner(channel.principal.user_id))
         self._cleared = True
         if self._acceptor is not None:
             acceptor, self._acceptor = self._acceptor, None
