@@ -1,4 +1,4 @@
-"""The shared schema: every table of every feature in DESIGN.md.
+"""The shared schema: every table of every door, job and account feature.
 
 Conventions: columns ending in `_sealed` hold AES-256-GCM ciphertext (common.crypto.seal);
 columns ending in `_index` hold HMAC-SHA256 blind indexes for exact lookups. No name, email,

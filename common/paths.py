@@ -3,7 +3,7 @@
 Virtual paths are POSIX-like strings inside one workspace: absolute, "/" separated, root
 "/". They are resolved purely lexically; nothing here ever touches the OS file system.
 
-Naming rules for a file or folder name (DESIGN.md "Protocol hardening", SECURITY.md §3.6):
+Naming rules for a file or folder name (they hold on every door):
 
 - Names are stored in Unicode NFC, so a name typed as NFD (macOS) and as NFC (Windows,
   Linux) is the same name. Comparison is case-sensitive: "Report" and "report" differ.

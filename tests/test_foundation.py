@@ -54,7 +54,7 @@ def _alembic_config() -> Config:
     return config
 
 
-# -- the schema covers DESIGN.md -------------------------------------------------------------
+# -- the schema holds every column the design names -----------------------------------------
 
 DESIGN_COLUMNS = {
     "accounts": {"name_sealed", "name_index", "tier", "audit_head", "audit_count", "audit_folder_id"},
