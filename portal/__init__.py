@@ -1,4 +1,10 @@
-"""The portal: the app factory. `flask --app portal ...` is also the operator CLI."""
+"""The portal: the app factory. `flask --app portal ...` is also the operator CLI.
+
+Each area of the portal is a blueprint package of its own (`portal/<area>/`: its views, and
+its forms beside them), registered below from one list; its pages are Jinja templates under
+the top-level `templates/<area>/`, extending one base layout, and mail templates live in
+`templates/email/`.
+"""
 from __future__ import annotations
 
 import sys
@@ -9,10 +15,11 @@ from flask import Flask
 from common.config import Settings, settings_from_environment
 from common.errors import ConfigError
 from common.services import Services
-from portal import cli
+from portal import cli, health
 from portal.extensions import db, migrate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+BLUEPRINTS = (health.bp,)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -28,11 +35,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     db.init_app(app)
     migrate.init_app(app, db, directory=str(REPO_ROOT / "migrations"), compare_type=True)
     cli.register(app)
-
-    @app.get("/healthz")
-    def healthz():
-        return {"status": "ok"}
-
+    for blueprint in BLUEPRINTS:
+        app.register_blueprint(blueprint)
     return app
 
 
