@@ -34,8 +34,8 @@ class FTPSServer(ThreadedFTPServer):
 
 def ftps_admission(settings, max_total: int) -> Admission:
     """The connection slots of an FTPS process: per client, and for connections not logged in."""
-    return Admission(max_total=max_total, max_per_client=settings.max_sessions_per_ip,
-                     max_unauthenticated_per_client=settings.max_unauthenticated_per_ip)
+    return process.session_admission("ftps", max_total, per_client=settings.max_sessions_per_ip,
+                                     unauthenticated_per_client=settings.max_unauthenticated_per_ip)
 
 
 def handler_class(services: Services, *, implicit: bool = False) -> type[FTPSHandler]:

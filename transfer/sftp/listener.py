@@ -13,7 +13,6 @@ import paramiko
 from paramiko.ssh_exception import SSHException
 
 from common import auth
-from common.admission import Admission
 from common.errors import ConfigError, SealdropError
 from common.services import Services
 from transfer import process
@@ -39,8 +38,9 @@ class SftpServer:
         self._lock = threading.Lock()
         self._sessions: dict[threading.Thread, tuple[str, HardenedTransport | None]] = {}
         self._acceptor: threading.Thread | None = None
-        self.admission = Admission(max_total=limits.max_sessions, max_per_client=limits.max_sessions_per_ip,
-                                   max_unauthenticated_per_client=limits.max_unauthenticated_per_ip)
+        self.admission = process.session_admission(
+            "sftp", limits.max_sessions, per_client=limits.max_sessions_per_ip,
+            unauthenticated_per_client=limits.max_unauthenticated_per_ip)
 
     def start(self) -> "SftpServer":
         listener = socket.create_server(self.address, reuse_port=False)
