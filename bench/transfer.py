@@ -370,10 +370,10 @@ LAYERS = (
     (("paramiko/packet.py", "paramiko/transport.py", "paramiko/channel.py", "paramiko/buffered_pipe.py",
       "paramiko/message.py", "paramiko/pipe.py"),
      "SSH transport: packet framing, AES-GCM, socket, channel pipe between threads (paramiko)"),
-    (("paramiko/sftp", "transfer/sftp.py", "paramiko/server.py"),
+    (("paramiko/sftp", "transfer/sftp/", "paramiko/server.py"),
      "SFTP request loop (paramiko's SFTPServer and our handles)"),
     (("OpenSSL/",), "TLS records: pyOpenSSL send/recv (AES-GCM, socket)"),
-    (("pyftpdlib/", "transfer/ftps.py"), "FTP data channel loop (pyftpdlib, our handlers)"),
+    (("pyftpdlib/", "transfer/ftps/"), "FTP data channel loop (pyftpdlib, our handlers)"),
 )
 
 

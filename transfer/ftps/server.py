@@ -1,0 +1,100 @@
+"""The FTPS servers: listeners, connection admission, handler options, `main`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from pyftpdlib.ioloop import IOLoop
+from pyftpdlib.servers import ThreadedFTPServer
+
+from common.admission import Admission
+from common.errors import ConfigError
+from common.services import Services
+from transfer import process
+from transfer.ftps.control import FTPSHandler, ImplicitFTPSHandler
+from transfer.ftps.tls import TLSSessions
+
+# One logger for the whole door, named after the package.
+log = logging.getLogger(__package__)
+
+
+class FTPSServer(ThreadedFTPServer):
+    """A thread per session, so blocking database and store calls stall only their own session."""
+
+    def __init__(self, address, handler, ioloop=None, backlog=100):
+        # pyftpdlib keeps the stop flag and its lock on ThreadedFTPServer itself, shared by every
+        # server in the process; each of ours gets its own.
+        self._exit = threading.Event()
+        self._lock = threading.Lock()
+        super().__init__(address, handler, ioloop=ioloop, backlog=backlog)
+        self.max_cons_per_ip = handler.services.settings.max_sessions_per_ip
+        self.admission = ftps_admission(handler.services.settings, self.max_cons)
+
+
+def ftps_admission(settings, max_total: int) -> Admission:
+    """The connection slots of an FTPS process: per client, and for connections not logged in."""
+    return process.session_admission("ftps", max_total, per_client=settings.max_sessions_per_ip,
+                                     unauthenticated_per_client=settings.max_unauthenticated_per_ip)
+
+
+def handler_class(services: Services, *, implicit: bool = False) -> type[FTPSHandler]:
+    """A handler subclass carrying this process's settings as class options."""
+    settings = services.settings
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        raise ConfigError("TLS_CERT_FILE and TLS_KEY_FILE must be set for FTPS")
+    base = ImplicitFTPSHandler if implicit else FTPSHandler
+    return type(f"Configured{base.__name__}", (base,), {
+        "services": services,
+        "certfile": str(settings.tls_cert_file),
+        "keyfile": str(settings.tls_key_file),
+        "tls_sessions": TLSSessions(str(settings.tls_cert_file), str(settings.tls_key_file)),
+        "passive_ports": list(settings.ftps_passive_ports),
+        "masquerade_address": settings.ftps_masquerade_address,
+        "require_session_reuse": settings.ftps_require_session_reuse,
+        # pyftpdlib's per-connection limit agrees with the shared lockout threshold.
+        "max_login_attempts": settings.lockout_threshold,
+        "login_timeout": settings.login_timeout_seconds,
+    })
+
+
+def build_servers(services: Services, host: str) -> list[FTPSServer]:
+    """The explicit server and, when FTPS_IMPLICIT_PORT is set, the implicit one, on one IO loop."""
+    settings, ioloop = services.settings, IOLoop()
+    servers = [FTPSServer((host, settings.ftps_port), handler_class(services), ioloop=ioloop)]
+    if settings.ftps_implicit_port is not None:
+        servers.append(FTPSServer((host, settings.ftps_implicit_port),
+                                  handler_class(services, implicit=True), ioloop=ioloop))
+        servers[1].admission = servers[0].admission  # one process, one count for both ports
+    return servers
+
+
+def serve(servers: list[FTPSServer], stop: threading.Event, poll_seconds: float = 0.25) -> None:
+    """Accept connections until `stop` is set, then close every session and listener."""
+    try:
+        while not stop.is_set():
+            # The servers share one IO loop: polling through the first serves them all.
+            servers[0].serve_forever(timeout=poll_seconds, blocking=False, handle_exit=False)
+    finally:
+        for server in servers:
+            server.close_all()
+
+
+def main() -> int:
+    process.configure_logging()
+    logging.getLogger("pyftpdlib").setLevel(logging.WARNING)
+    try:
+        settings = process.load_settings()
+        services = process.start_services(settings)
+        host = process.listen_host(settings)
+        servers = build_servers(services, host)
+    except ConfigError as exc:
+        return process.refuse_to_start(log, "ftps", exc)
+    stop = process.stop_requested()
+    ports = ", ".join(f"{s.address[1]}" for s in servers)
+    log.info("ftps serving on %s port(s) %s (passive %s-%s)", host, ports,
+             settings.ftps_passive_ports.start, settings.ftps_passive_ports.stop - 1)
+    serve(servers, stop)
+    services.close()
+    log.info("ftps stopped")
+    return 0

@@ -1,0 +1,39 @@
+"""Caps that keep one client, or one address, from taking the whole process, and the SFTP sizes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+# SFTP limits: OpenSSH's sftp-server caps messages at 256 KiB; clients write 32 KiB at a time.
+MAX_PACKET = 256 * 1024 + 1024
+MAX_READ = 256 * 1024
+MAX_HANDLES = 64  # per connection, over all its channels
+MAX_SESSION_CHANNELS = 16
+# Pipelining clients (rclone's concurrent writes) deliver WRITEs slightly out of order.
+REORDER_WINDOW_BYTES = 8 * 1024 * 1024
+REORDER_WINDOW_PIECES = 256
+# Early writes held in memory across every handle of one connection: the reordering bound.
+SESSION_REORDER_BYTES = 16 * 1024 * 1024
+# A read slightly behind or ahead of the stream is served from memory, not by re-decrypting.
+READ_KEEP_BYTES = 2 * 1024 * 1024
+READ_SKIP_BYTES = 2 * 1024 * 1024
+EXTENSIONS = (("posix-rename@openssh.com", "1"), ("check-file", "md5,sha256"))
+HASHES = {"md5": "md5", "sha256": "sha256"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps that keep one client, or one address, from taking the whole process."""
+
+    max_sessions: int = 500
+    max_sessions_per_ip: int = 50
+    max_unauthenticated_per_ip: int = 10
+    auth_timeout: float = 30.0
+    idle_timeout: float = 900.0
+
+    @classmethod
+    def from_settings(cls, settings) -> "Limits":
+        return cls(max_sessions_per_ip=settings.max_sessions_per_ip,
+                   max_unauthenticated_per_ip=settings.max_unauthenticated_per_ip,
+                   auth_timeout=float(settings.login_timeout_seconds))
