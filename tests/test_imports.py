@@ -129,3 +129,26 @@ def test_the_cycle_finder_finds_a_cycle_put_back(tmp_path):
     assert late_imports(tmp_path / "pkg" / "c.py") == [2]
     (tmp_path / "pkg" / "c.py").write_text("")
     assert find_cycle(import_graph(modules)) is None
+
+
+def imports_of_test_modules(tests_root: Path) -> list[str]:
+    """Where a module under `tests_root` imports a test module (shared helpers live elsewhere)."""
+    found = []
+    for path in sorted(tests_root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(name.rpartition(".")[2].startswith("test_") for name in names):
+                found.append(f"{path.relative_to(tests_root)}:{node.lineno}")
+    return found
+
+
+def test_no_test_module_imports_another():
+    assert imports_of_test_modules(REPO_ROOT / "tests") == []
+
+
+def test_an_import_of_a_test_module_is_found(tmp_path):
+    (tmp_path / "common").mkdir()
+    (tmp_path / "common" / "test_a.py").write_text("from tests.factories import upload\n")
+    (tmp_path / "test_b.py").write_text("import os\nfrom tests.common.test_a import helper\n")
+    assert imports_of_test_modules(tmp_path) == ["test_b.py:2"]

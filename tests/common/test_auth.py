@@ -8,7 +8,7 @@ import time
 import pyotp
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import delete, select
 
 from common import accounts, audit, auth, passwords
@@ -16,9 +16,11 @@ from common.auth import totp
 from common.errors import (
     AlreadyExists, AuthFailed, Banned, InvalidInput, LockedOut, PolicyViolation, TierRequired,
 )
-from common.models import Account, AuditEvent, DefenderFailure, IpBan, LoginThrottle, User
+from common.models import Account, AuditEvent, DefenderFailure, IpBan, LoginThrottle
 from common.services import Services
 from tests.fixtures import STRONG_PASSWORD
+from tests.factories import add_key, allow, enrol, login, new_ed25519_line, random_ip, refused, require_mfa
+from tests.factories import with_account, with_user
 
 # Keys made with ssh-keygen, and the fingerprints `ssh-keygen -lf` printed for them.
 OPENSSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICQxXx8SN+oxbVz/BvvWBGy6D8N0u2Svl5SeJZPbx2ha me@host"
@@ -29,15 +31,6 @@ OPENSSH_FINGERPRINT = "SHA256:TPtxXN3ynvGZZw+cpythNpyk2yMeEiYxCRQJM/swCWw"
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-def random_ip() -> str:
-    # A fresh address per test keeps the per-IP defender of one test out of the others.
-    return "10.{}.{}.{}".format(secrets.randbelow(256), secrets.randbelow(256), 1 + secrets.randbelow(254))
-
-
-def login(services, username, secret, *, protocol="web", method="password", ip=None):
-    return auth.authenticate(services, username, secret, method=method, protocol=protocol,
-                             ip=ip or random_ip())
 
 
 def chain_count(services, account_id) -> int:
@@ -57,54 +50,9 @@ def service_events(services, ip) -> list[AuditEvent]:
             AuditEvent.account_id.is_(None), AuditEvent.ip == ip).order_by(AuditEvent.seq)))
 
 
-def with_account(services, account_id, change):
-    with services.db.session() as session:
-        return change(session, session.get(Account, account_id))
-
-
-def with_user(services, user_id, change):
-    with services.db.session() as session:
-        return change(session, session.get(User, user_id))
-
-
-def require_mfa(services, account_id, on=True):
-    with_account(services, account_id,
-                 lambda s, a: auth.set_policy(s, services.keyring, a, require_mfa=on))
-
-
-def enrol(services, user_id) -> pyotp.TOTP:
-    uri = with_user(services, user_id, lambda s, u: totp.enrol_totp(s, services.keyring, u))
-    return pyotp.parse_uri(uri)
-
-
-def new_ed25519_line(comment="laptop") -> str:
-    key = ed25519.Ed25519PrivateKey.generate().public_key()
-    return key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode() + " " + comment
-
-
-def add_key(services, user_id, line) -> bytes:
-    with_user(services, user_id, lambda s, u: auth.add_ssh_key(s, services.keyring, u, line))
-    return auth.parse_public_key(line).blob
-
-
 def app_password(services, user_id, label="backup job") -> str:
     return with_user(services, user_id,
                      lambda s, u: auth.create_app_password(s, services.keyring, u, label))
-
-
-def allow(services, account_id, cidr, user_id=None):
-    def change(session, account):
-        user = session.get(User, user_id) if user_id else None
-        auth.add_ip_rule(session, services.keyring, account, cidr, user=user)
-    with_account(services, account_id, change)
-
-
-def refused(call) -> AuthFailed:
-    with pytest.raises(AuthFailed) as caught:
-        call()
-    assert caught.value.message == AuthFailed.default_message
-    assert caught.value.code == "auth_failed"
-    return caught.value
 
 
 # -- passwords on every door ---------------------------------------------------------------

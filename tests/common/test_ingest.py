@@ -7,14 +7,12 @@ slows; the shared store itself is never stopped.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import secrets
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -35,95 +33,10 @@ from common.jobs.sweep import ORPHAN_READY_SECONDS, STALE_TEMP_SECONDS, fan_out_
 from common.models import AuditEvent, FileVersion, PendingPurge, Spool
 from common.services import Services
 from common.vfs import Principal, Workspace
+from tests.netfaults import TcpProxy
+from tests.factories import MiB, assert_stored_once, current_version, download, upload, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MiB = 1024 * 1024
-
-
-class TcpProxy:
-    """A threaded TCP relay on 127.0.0.1 that a test can cut, restore or slow down."""
-
-    def __init__(self, target: str):
-        host, _, port = target.rpartition(":")
-        self.target = (host, int(port))
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
-        self.cut = False
-        self.upload_rate: int | None = None  # bytes/s towards the store, None for full speed
-        self.forwarded = 0  # bytes sent towards the store
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def cut_all(self) -> None:
-        """Refuse new connections and break every open one, as a store outage would."""
-        self.cut = True
-        with self._lock:
-            for sock in self._sockets:
-                _quiet_close(sock)
-            self._sockets.clear()
-
-    def restore(self) -> None:
-        self.cut = False
-
-    def close(self) -> None:
-        self._stop.set()
-        self.cut_all()
-        self._thread.join(timeout=5)
-        self.listener.close()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            if self.cut:
-                _quiet_close(client)
-                continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=10)
-            except OSError:
-                _quiet_close(client)
-                continue
-            with self._lock:
-                self._sockets += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket, towards_store: bool) -> None:
-        try:
-            while not self.cut:
-                data = source.recv(64 * 1024 if not (towards_store and self.upload_rate) else 16 * 1024)
-                if not data or self.cut:
-                    break
-                if towards_store and self.upload_rate:
-                    time.sleep(len(data) / self.upload_rate)
-                sink.sendall(data)
-                if towards_store:
-                    self.forwarded += len(data)
-        except OSError:
-            pass
-        finally:
-            _quiet_close(source)
-            _quiet_close(sink)
-
-
-def _quiet_close(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    sock.close()
 
 
 @pytest.fixture
@@ -166,23 +79,6 @@ def workspace(own, account):
     return Workspace(own, me)
 
 
-def upload(ws: Workspace, path: str, data: bytes):
-    up = ws.open_write(path)
-    for i in range(0, len(data), MiB):
-        up.write(data[i:i + MiB])
-    return up.commit()
-
-
-def download(ws: Workspace, path: str) -> bytes:
-    return b"".join(ws.open_read(path))
-
-
-def current_version(svc: Services, ws: Workspace, path: str) -> FileVersion:
-    with svc.db.session() as session:
-        node = ws._resolve(session, path).node
-        return session.get(FileVersion, node.current_version_id)
-
-
 def run_worker(svc: Services, test_env: dict, *, wait: bool = True, **popen) -> subprocess.Popen:
     """A real `rq worker --burst` on the test's own queue, configured like a deployment."""
     env = {**os.environ, **test_env, "SPOOL_ID": svc.settings.spool_id,
@@ -210,27 +106,6 @@ def children_of(pid: int) -> list[int]:
             if int(stat.rpartition(")")[2].split()[1]) == pid:
                 found.append(int(entry.name))
     return found
-
-
-def wait_for(predicate, timeout: float = 60, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(step)
-    raise AssertionError("condition not reached in time")
-
-
-def assert_stored_once(svc: Services, version: FileVersion, data: bytes) -> None:
-    with svc.db.session() as session:
-        row = session.get(FileVersion, version.id)
-        assert row.state == "stored" and row.stored_at is not None
-        siblings = session.scalars(select(FileVersion).where(FileVersion.node_id == row.node_id)).all()
-        assert [v.id for v in siblings] == [row.id]
-    assert svc.store.stat(row.storage_key).size == row.cipher_size
-    assert svc.store.sha256(row.storage_key) == row.cipher_sha256
-    assert not svc.spool.has(row.storage_key)
-    assert hashlib.sha256(data).digest() == row.sha256
 
 
 # -- store outage -------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from common import accounts, auth, passwords
 from common.errors import AuthFailed, LockedOut
 from common.models import Account, AuditEvent, LoginThrottle, User
 from common.services import Services
-from tests.common.test_auth import (
+from tests.factories import (
     add_key, allow, enrol, login, new_ed25519_line, random_ip, refused, require_mfa,
 )
 from tests.fixtures import STRONG_PASSWORD

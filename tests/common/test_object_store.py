@@ -31,9 +31,9 @@ from common.vfs import Principal, Workspace
 from devstack import keys
 from devstack.services import Ports, ServiceSecrets, start_object_store, stop_services
 from tests import backing
-from tests.fixtures import free_port_block
-from tests.common.test_ingest import (MiB, REPO_ROOT, TcpProxy, assert_stored_once, current_version,
-                                      download, upload, wait_for)
+from tests.fixtures import REPO_ROOT, free_port_block
+from tests.factories import MiB, assert_stored_once, current_version, download, upload, wait_for
+from tests.netfaults import TcpProxy
 
 WEED_PORTS = 8  # weed binds the S3 port and seven companions above it
 

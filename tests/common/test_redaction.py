@@ -12,7 +12,7 @@ from rq import Queue, SimpleWorker
 
 from common import mail
 from common.config import load_settings
-from tests.common.test_mail import TinySmtp, self_signed
+from tests.smtp import TinySmtp, self_signed
 
 RECIPIENT = "dr.jones@clinic.example.test"
 

@@ -5,61 +5,19 @@ run on a database of their own: the shared one's keys must stay under the test m
 """
 from __future__ import annotations
 
-import base64
 import os
-import secrets
 import threading
 import time
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from common import accounts, rotation
 from common.errors import ConfigError
-from common.jobs.ingest import ingest_version
 from common.models import FileVersion, WrappedKey
 from common.services import Services
-from common.vfs import Principal, Workspace
-from tests.fixtures import STRONG_PASSWORD, TEST_MASTER_KEYS
-
-NEW_KEY = "k2:" + base64.b64encode(b"sealdrop-test-master-key-0000002").decode()
-
-
-def make_account_with_files(svc: Services, files: dict[str, bytes], ingest: tuple[str, ...] = ()):
-    name, admin = "acct-" + secrets.token_hex(4), "admin" + secrets.token_hex(4)
-    with svc.db.session() as session:
-        account, user = accounts.create_account(
-            session, svc.keyring, name=name, tier="t5", admin_username=admin,
-            admin_email=f"{admin}@example.test", admin_password=STRONG_PASSWORD)
-        ids = (account.id, user.id)
-    ws = workspace(svc, *ids, admin)
-    for path, data in files.items():
-        up = ws.open_write(path)
-        up.write(data)
-        up.commit()
-        if path in ingest:
-            assert ingest_version(svc, current_version_id(svc, ws, path)) == "stored"
-    return ids[0], ids[1], admin, name
-
-
-def workspace(svc: Services, account_id: int, user_id: int, username: str) -> Workspace:
-    return Workspace(svc, Principal(user_id, account_id, username, "admin", "web", "127.0.0.1"))
-
-
-def current_version_id(svc, ws, path):
-    with svc.db.session() as session:
-        return ws._resolve(session, path).node.current_version_id
-
-
-def read_all(svc: Services, who: tuple, files: dict[str, bytes]) -> None:
-    ws = workspace(svc, *who)
-    for path, data in files.items():
-        assert b"".join(ws.open_read(path)) == data
-
-
-def master_kids(svc: Services) -> set[str]:
-    with svc.db.session() as session:
-        return set(session.scalars(select(WrappedKey.master_kid)))
+from tests.fixtures import TEST_MASTER_KEYS
+from tests.factories import CommittingUpload, NEW_KEY, file_key_versions, rows_of, make_account_with_files, master_kids, read_all
 
 
 FILES = {"/a.txt": b"alpha " * 1000, "/b.bin": os.urandom(300_000)}
@@ -94,12 +52,12 @@ def test_account_rotation_replaces_the_file_wrapping_key(fresh_settings, open_se
     report = rotation.rotate_account(svc, account_id)
     assert (report.file_key_version, report.new_version) == (2, True)
     assert (report.rewrapped_files, report.deleted_versions) == (2, 1)
-    assert _file_key_versions(svc, account_id) == [2]
+    assert file_key_versions(svc, account_id) == [2]
     assert {v for _, v in _wrapped_file_keys(svc, account_id).values()} == {2}
     assert all(_wrapped_file_keys(svc, account_id)[i][0] != before[i][0] for i in before)
     read_all(open_services(fresh_settings), (account_id, user_id, admin), FILES)  # a fresh keyring
     read_all(open_services(fresh_settings), (other_id, other_user, other_admin), {"/o.txt": b"other"})
-    assert _file_key_versions(svc, other_id) == [1]  # another account is untouched
+    assert file_key_versions(svc, other_id) == [1]  # another account is untouched
 
 
 def test_account_rotation_resumes_an_interrupted_run(fresh_settings, open_services):
@@ -116,7 +74,7 @@ def test_account_rotation_resumes_an_interrupted_run(fresh_settings, open_servic
     report = rotation.rotate_account(svc, account_id, batch=2)
     assert (report.file_key_version, report.new_version) == (2, False)  # resumed, not restarted
     assert (report.rewrapped_files, report.deleted_versions) == (3, 1)
-    assert _file_key_versions(svc, account_id) == [2]
+    assert file_key_versions(svc, account_id) == [2]
     read_all(open_services(fresh_settings), (account_id, user_id, admin), files)
 
 
@@ -132,31 +90,10 @@ def test_account_deletion_shreds_keys_and_purges(fresh_settings, open_services):
     assert report.versions == 2 and report.purged >= 2
     for key, _ in keys:
         assert svc.store.stat(key) is None and not svc.spool.has(key)
-    assert _rows_of(svc, doomed[0]) == {}
+    assert rows_of(svc, doomed[0]) == {}
     read_all(open_services(fresh_settings), kept[:3], {"/k.txt": b"keep me"})
     with pytest.raises(LookupError):
         accounts.delete_account(svc, doomed[0])
-
-
-def _rows_of(svc: Services, account_id: int) -> dict[str, int]:
-    """Rows in any table that still point at the account."""
-    from common.db import Base
-    left = {}
-    with svc.db.session() as session:
-        for table in Base.metadata.sorted_tables:
-            column = table.c.get("account_id") if table.name != "accounts" else table.c.id
-            if column is None:
-                continue
-            count = session.scalar(select(text("count(*)")).select_from(table).where(column == account_id))
-            if count:
-                left[table.name] = count
-    return left
-
-
-def _file_key_versions(svc: Services, account_id: int) -> list[int]:
-    with svc.db.session() as session:
-        return sorted(session.scalars(select(WrappedKey.version).where(
-            WrappedKey.account_id == account_id, WrappedKey.purpose == "file")))
 
 
 def _wrapped_file_keys(svc: Services, account_id: int) -> dict:
@@ -164,21 +101,6 @@ def _wrapped_file_keys(svc: Services, account_id: int) -> dict:
         rows = session.execute(select(FileVersion.id, FileVersion.wrapped_key, FileVersion.key_version)
                                .where(FileVersion.account_id == account_id)).all()
         return {i: (w, v) for i, w, v in rows}
-
-
-class CommittingUpload:
-    """A second connection holding what an upload's commit holds: its account's file-wrapping
-    key row, FOR SHARE, until `release()`."""
-
-    def __init__(self, svc: Services, account_id: int):
-        self.connection = svc.db.engine.connect()
-        self.connection.execute(text(
-            "SELECT id FROM wrapped_keys WHERE account_id = :a AND purpose = 'file' FOR SHARE"),
-            {"a": account_id})
-
-    def release(self) -> None:
-        self.connection.rollback()
-        self.connection.close()
 
 
 def test_master_rotation_waits_for_a_key_locked_by_a_committing_upload(fresh_settings, open_services):

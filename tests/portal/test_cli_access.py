@@ -8,7 +8,7 @@ from sqlalchemy import select
 from common import auth
 from common.errors import LockedOut
 from common.models import IpRule, PasswordPolicy, User
-from tests.common.test_auth import login, new_ed25519_line, random_ip, refused, require_mfa
+from tests.factories import login, new_ed25519_line, random_ip, refused, require_mfa
 from tests.fixtures import STRONG_PASSWORD, assert_one_line_error
 
 

@@ -9,8 +9,8 @@ from sqlalchemy import select
 
 from common.config import parse_master_keys
 from common.models import FileVersion
-from tests.common.test_rotation import (
-    NEW_KEY, CommittingUpload, _file_key_versions, _rows_of, make_account_with_files, master_kids, read_all,
+from tests.factories import (
+    NEW_KEY, CommittingUpload, file_key_versions, rows_of, make_account_with_files, master_kids, read_all,
 )
 from tests.fixtures import TEST_MASTER_KEYS, assert_one_line_error
 
@@ -48,11 +48,11 @@ def test_accounts_delete_removes_everything_of_that_account_only(cli_app):
     result = run(cli_app, "accounts", "delete", doomed[3].upper())  # names are case-insensitive
     assert result.exit_code == 0, result.output
     assert f"Deleted account {doomed[0]}" in result.output
-    assert _rows_of(svc, doomed[0]) == {}
+    assert rows_of(svc, doomed[0]) == {}
     for key in keys:
         assert svc.store.stat(key) is None and not svc.spool.has(key)
     read_all(svc, kept[:3], {"/mine.txt": b"still here"})
-    assert _rows_of(svc, kept[0])["file_versions"] == 1
+    assert rows_of(svc, kept[0])["file_versions"] == 1
     assert_one_line_error(run(cli_app, "accounts", "delete", doomed[3]), "No such account")
 
 
@@ -77,7 +77,7 @@ def test_keys_rotate_then_retire_the_old_master_key(fresh_settings, open_service
     finally:
         app.extensions["sealdrop"].close()
     only_new = open_services(fresh_settings, NEW_KEY)
-    assert master_kids(only_new) == {"k2"} and _file_key_versions(only_new, who[0]) == [2]
+    assert master_kids(only_new) == {"k2"} and file_key_versions(only_new, who[0]) == [2]
     read_all(only_new, who[:3], files)
 
 
