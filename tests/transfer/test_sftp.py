@@ -801,8 +801,7 @@ def _stored_file(services, account, path: str, data: bytes) -> FileVersion:
     upload = ws.open_write(path)
     upload.write(data)
     upload.commit()
-    with services.db.session() as session:
-        version_id = ws._resolve(session, path).node.current_version_id
+    version_id = ws.stat(path).version
     assert ingest_version(services, version_id) == "stored"
     with services.db.session() as session:
         version = session.get(FileVersion, version_id)
