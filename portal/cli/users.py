@@ -7,7 +7,8 @@ import sys
 import click
 from flask import current_app
 
-from common import accounts, auth, totp
+from common import accounts, auth
+from common.auth import totp
 from common.jobs.purge import enqueue_purge
 from portal.cli.base import account_user, fail, operator_command, read_secret
 
