@@ -60,7 +60,9 @@ class Ports:
 
 
 DEV_PORTS = Ports(postgres=54320, valkey=63790, s3=8333)
-TEST_PORTS = Ports(postgres=55432, valkey=56379, s3=58333)
+# Below Linux's ephemeral range (32768-60999): a client connection that happens to get one of
+# these as its local port would otherwise hold it and stop the test services from starting.
+TEST_PORTS = Ports(postgres=25432, valkey=26379, s3=28333)
 
 
 @dataclass(frozen=True)
