@@ -216,6 +216,7 @@ class FileVersion(Base):
     spool_id: Mapped[str] = mapped_column(String(64))
     mtime: Mapped[datetime] = _now()
     created_by_id: Mapped[int | None] = mapped_column(BigInteger)  # no FK: versions outlive uploaders
+    door: Mapped[str | None] = mapped_column(String(8))  # the door it arrived through
     created_at: Mapped[datetime] = _now()
     stored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -345,19 +346,32 @@ class AuditEvent(Base):
 
 
 class WebSession(Base):
-    """A server-side portal session; the cookie carries a random token, the row its SHA-256."""
+    """A server-side portal session; the cookie carries a random token, the row its SHA-256.
+
+    Before sign-in the row has no user (it holds the CSRF token and the pending TOTP step)."""
 
     __tablename__ = "web_sessions"
     token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    session_version: Mapped[int] = mapped_column(Integer)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    session_version: Mapped[int | None] = mapped_column(Integer)
     mfa_passed: Mapped[bool] = mapped_column(Boolean, default=False)
     data: Mapped[dict] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     ip: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = _now()
     last_seen_at: Mapped[datetime] = _now()
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DoorKey(Base):
+    """A public key fingerprint a transfer door published at start-up, shown to users in the
+    portal, so that web hosts never read a private key."""
+
+    __tablename__ = "door_keys"
+    door: Mapped[str] = mapped_column(String(8), primary_key=True)
+    key_type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(Text)
+    published_at: Mapped[datetime] = _now()
 
 
 class Spool(Base):
