@@ -11,15 +11,27 @@ import sys
 from pathlib import Path
 
 from flask import Flask
+from flask_bootstrap import Bootstrap5
+from flask_wtf import CSRFProtect
 
 from common.config import Settings, settings_from_environment
 from common.errors import ConfigError
 from common.services import Services
-from portal import cli, health
+from portal import auth, cli, files, health, security
+from portal.auth.current import init_login
 from portal.extensions import db, migrate
+from portal.sessions import DatabaseSessionInterface
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BLUEPRINTS = (health.bp,)
+BLUEPRINTS = (health.bp, auth.bp, files.bp)
+# The navigation: (endpoint, label, admins only); entries whose blueprint is not registered are left out.
+NAVIGATION = (
+    ("files.home", "Files", False),
+    ("profile.index", "Profile", False),
+    ("profile.connection", "Connection details", False),
+)
+# Ordinary forms are small; the upload route raises its own limit for the one request it streams.
+MAX_FORM_BYTES = 1024 * 1024
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -30,14 +42,33 @@ def create_app(settings: Settings | None = None) -> Flask:
         SECRET_KEY=settings.secret_key,
         SQLALCHEMY_DATABASE_URI=settings.database_url,
         SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True},
+        SESSION_COOKIE_NAME="sealdrop_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=not settings.is_development,
+        MAX_CONTENT_LENGTH=MAX_FORM_BYTES,
+        MAX_FORM_MEMORY_SIZE=MAX_FORM_BYTES,
+        MAX_FORM_PARTS=100,
+        WTF_CSRF_SSL_STRICT=True,
+        BOOTSTRAP_SERVE_LOCAL=True,
     )
     app.extensions["sealdrop"] = Services(settings)
+    app.session_interface = DatabaseSessionInterface(app.extensions["sealdrop"])
     db.init_app(app)
     migrate.init_app(app, db, directory=str(REPO_ROOT / "migrations"), compare_type=True)
+    Bootstrap5(app)
+    CSRFProtect(app)
+    init_login(app)
+    security.install(app)
     cli.register(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
+    app.context_processor(lambda: {"nav_items": _navigation(app)})
     return app
+
+
+def _navigation(app: Flask) -> list[tuple[str, str, bool]]:
+    return [item for item in NAVIGATION if item[0] in app.view_functions]
 
 
 def services(app: Flask) -> Services:

@@ -10,7 +10,13 @@ from sqlalchemy import select
 from common.config import parse_master_keys
 from common.models import FileVersion
 from tests.factories import (
-    NEW_KEY, CommittingUpload, file_key_versions, rows_of, make_account_with_files, master_kids, read_all,
+    NEW_KEY,
+    CommittingUpload,
+    file_key_versions,
+    make_account_with_files,
+    master_kids,
+    read_all,
+    rows_of,
 )
 from tests.fixtures import TEST_MASTER_KEYS, assert_one_line_error
 
