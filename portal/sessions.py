@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from flask import Flask, Request, Response
 from flask.sessions import SessionInterface, SessionMixin
-from sqlalchemy import delete, select, update
+from sqlalchemy import select, update
 from werkzeug.datastructures import CallbackDict
 
 from common.models import User, WebSession
@@ -187,13 +187,3 @@ def revoke_all(services: Services, user_id: int) -> None:
     with services.db.session() as db:
         db.execute(update(WebSession).where(WebSession.user_id == user_id, WebSession.revoked_at.is_(None))
                    .values(revoked_at=_now()))
-
-
-def prune(services: Services) -> int:
-    """Delete sessions that ended a while ago (rows of live sessions stay)."""
-    cutoff = _now() - ABSOLUTE
-    with services.db.session() as db:
-        result = db.execute(delete(WebSession).where(
-            (WebSession.expires_at < cutoff) | (WebSession.revoked_at < cutoff)
-            | (WebSession.last_seen_at < cutoff)))
-        return result.rowcount

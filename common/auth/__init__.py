@@ -10,6 +10,7 @@ The login gate and the rules it enforces, one module per rule:
 - policy: the password policy, the MFA requirement and its exemption (mfa_state);
 - totp: TOTP codes, enrolment and recovery codes;
 - app_passwords: FTPS app passwords; ssh_keys: SFTP public keys;
+- web_sessions: pruning the rows of portal sessions that ended;
 - admin: the audit event and the plan rule every administrative change shares.
 
 How each door's second factor works is the door policy in common.doors. Password hashing

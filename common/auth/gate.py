@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from sqlalchemy.orm import Session
 
 from common import accounts, audit, doors, passwords
-from common.auth import app_passwords, defender, lockout, ssh_keys, totp
+from common.auth import app_passwords, defender, lockout, ssh_keys, totp, web_sessions
 from common.auth.addresses import client_ip
 from common.auth.allowlist import is_address_allowed
 from common.auth.lockout import Reservation
@@ -148,8 +148,9 @@ def record_unauthenticated_end(services: Services, username: str | None, protoco
 
 
 def prune_login_state(session: Session, settings: Settings) -> int:
-    """Delete throttle rows, defender failures and bans that can no longer matter (a periodic job)."""
-    return lockout.prune(session, settings) + defender.prune(session, settings)
+    """Delete throttle rows, defender failures, bans and ended portal sessions that can no longer
+    matter (a periodic job)."""
+    return lockout.prune(session, settings) + defender.prune(session, settings) + web_sessions.prune(session)
 
 
 def _effective_method(method: str, protocol: str, secret: str | bytes) -> str:

@@ -1,4 +1,4 @@
-"""Pruning of login state: lockout, defender and ban rows whose windows have passed."""
+"""Pruning of login state: lockout, defender and ban rows whose windows have passed, ended portal sessions."""
 from __future__ import annotations
 
 from common import auth

@@ -235,3 +235,19 @@ def test_the_client_address_comes_from_the_socket_or_a_trusted_proxy(proxied_app
                                                     AuditEvent.action == "login")
                         .order_by(AuditEvent.seq.desc()).limit(1)).scalar_one()
     assert ip == expected
+
+
+def test_ended_sessions_are_pruned_and_live_ones_kept(client, account, services):
+    client.sign_in(account.admin_username, account.password)
+    live = cookie_value(client)
+    other = client.application.test_client()
+    other.sign_in(account.admin_username, account.password)
+    ended = cookie_value(other)
+    with services.db.session() as db:
+        db.execute(update(WebSession).where(WebSession.token_hash == token_hash(ended)).values(
+            revoked_at=datetime.now(UTC) - timedelta(days=2)))
+    with services.db.session() as db:
+        auth.prune_login_state(db, services.settings)
+    assert session_row(services, ended) is None
+    assert session_row(services, live) is not None
+    assert client.get("/files/").status_code == 200
