@@ -485,3 +485,12 @@ def test_an_operation_by_ref_never_acts_on_what_took_the_nodes_place(services, c
         assert b"".join(owner_ws.open_read("/projects/plan.txt")) == b"a newer plan"
         owner_ws.remove("/projects/plan.txt")
         owner_ws.rename("/projects/plan-old.txt", "/projects/plan.txt")
+
+
+def test_a_ref_is_read_whole_or_not_at_all(services, crew):
+    owner_ws = crew[2]
+    node_id = refs.parse(owner_ws.stat("/projects/plan.txt").id).id
+    assert owner_ws.path_of(f"n{node_id}") == "/projects/plan.txt"
+    for near in (f"n{node_id}x", f" n{node_id}", f"n{node_id}\n", f"n0{node_id}", f"N{node_id}",
+                 f"n+{node_id}", f"n{node_id}/..", f"n{node_id}.0", str(node_id), f"n{node_id:_}"):
+        not_found(lambda: owner_ws.path_of(near))
