@@ -15,7 +15,7 @@ from common import accounts, audit, refs, sharing
 from common.errors import AlreadyExists, InvalidInput, InvalidName, NotFound, PermissionDenied
 from common.models import Account, FileVersion, Node, Share, User
 from common.vfs import Principal, Workspace
-from tests.common.test_sharing import principal, put, share, team  # noqa: F401 (team: a fixture)
+from tests.factories import principal, share, upload as put
 
 
 def not_found(call) -> NotFound:
@@ -40,14 +40,19 @@ MISSING = refs.node_ref(refs.MAX_ID)
 
 
 @pytest.fixture
-def crew(services, team):
-    """test_sharing's team (an owner with /projects/plan.txt, a guest), with more files and the admin."""
-    account, owner, owner_ws, guest, guest_ws, guest_id = team
-    admin_ws = Workspace(services, principal(account, account.admin_id, account.admin_username, "admin"))
-    owner_ws.make_dir("/projects/sub")
-    put(owner_ws, "/projects/sub/deep.txt", b"deep")
-    put(owner_ws, "/private.txt", b"mine")
-    return account, owner, owner_ws, guest, guest_ws, guest_id, owner_ws.me.user_id, admin_ws
+def crew(services, make_account, make_user):
+    """An owner with /projects (plan.txt, sub/deep.txt) and /private.txt, a guest, and the account's admin."""
+    services.store.ensure_bucket()
+    account = make_account()
+    (owner_id, owner), (guest_id, guest) = make_user(account), make_user(account)
+    owner_ws, guest_ws, admin_ws = (Workspace(services, principal(account, *who)) for who in (
+        (owner_id, owner), (guest_id, guest), (account.admin_id, account.admin_username, "admin")))
+    for folder in ("/projects", "/projects/sub"):
+        owner_ws.make_dir(folder)
+    for path, data in {"/projects/plan.txt": b"the plan", "/projects/sub/deep.txt": b"deep",
+                       "/private.txt": b"mine"}.items():
+        put(owner_ws, path, data)
+    return account, owner, owner_ws, guest, guest_ws, guest_id, owner_id, admin_ws
 
 
 # -- every kind of ref round-trips ------------------------------------------------------------
