@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import delete, func, select
 
-from common import auth
+from common import accounts, auth
 from common.auth import totp
 from common.errors import AuthFailed
 from common.models import AppPassword, AuditEvent, DoorKey, RecoveryCode, SshKey, User
@@ -394,6 +394,21 @@ def test_the_connection_page_shows_the_published_fingerprints_and_my_examples(si
     assert f"open -u {user} -p {settings.ftps_port} ftp://127.0.0.1" in page
     assert f"user={user} explicit_tls=true" in page
     assert 'src="/static/copy.js"' in page
+
+
+def test_before_the_doors_publish_the_page_says_so(fresh_settings):
+    # A database of its own: in the shared one, a running door may have published its keys.
+    app = create_app(fresh_settings)
+    app.test_client_class = PortalClient
+    try:
+        svc = app.extensions["sealdrop"]
+        with svc.db.session() as db:
+            accounts.create_account(db, svc.keyring, name="Fresh", tier="basic", admin_username="fresh-admin",
+                                    admin_email="fresh@example.test", admin_password=STRONG_PASSWORD)
+        page = text_of(new_client(app, "fresh-admin").get("/profile/connection"))
+        assert "Not published yet" in page and "<table class=\"table table-sm\" id=\"fingerprints\"" not in page
+    finally:
+        app.extensions["sealdrop"].close()
 
 
 @pytest.fixture(scope="module")
