@@ -184,13 +184,32 @@ def delete_account(services: Services, account_id: int) -> DeletionReport:
 def check_new_password(session: Session, account: Account, password: str,
                        user_inputs: tuple[str, ...] = ()) -> None:
     """Apply the account's policy (enterprise tiers) and the always-on guessability check."""
+    passwords.check_password(password, user_inputs=user_inputs, **password_rules(session, account))
+
+
+def password_rules(session: Session, account: Account) -> dict:
+    """The composition rules the account's policy adds (enterprise tiers), as policy_failures takes them."""
     policy = session.get(PasswordPolicy, account.id)
-    rules = {}
-    if policy is not None and account.is_enterprise:
-        rules = dict(min_length=policy.min_length, upper=policy.require_upper,
-                     lower=policy.require_lower, digit=policy.require_digit,
-                     symbol=policy.require_symbol)
-    passwords.check_password(password, user_inputs=user_inputs, **rules)
+    if policy is None or not account.is_enterprise:
+        return {}
+    return dict(min_length=policy.min_length, upper=policy.require_upper, lower=policy.require_lower,
+                digit=policy.require_digit, symbol=policy.require_symbol)
+
+
+def change_password(session: Session, keyring: Keyring, user: User, current_password: str,
+                    new_password: str, *, actor: Actor = SYSTEM) -> int:
+    """Set a user's own new password after checking the current one, ending their other web
+    sessions (a new session version, which it returns); audited."""
+    if not passwords.verify_password(user.password_hash, current_password):
+        raise PermissionDenied("The current password you typed is not right; nothing was changed.")
+    keys = keyring.account(session, user.account_id)
+    user_inputs = (user_name(session, keyring, user), keys.open_text(user.email_sealed, "email"))
+    check_new_password(session, session.get(Account, user.account_id), new_password, user_inputs=user_inputs)
+    user.password_hash = passwords.hash_password(new_password)
+    user.password_changed_at = datetime.now(timezone.utc)
+    user.session_version += 1
+    audit.record(session, keyring, _admin_event(actor, user.account_id, f"user {user.id} changed their password"))
+    return user.session_version
 
 
 def find_account(session: Session, keyring: Keyring, name: str) -> Account:

@@ -67,6 +67,9 @@ class Settings:
     sftp_port: int
     sftp_host_key_file: Path | None
     public_url: str
+    public_transfer_host: str | None
+    public_ftps_port: int | None
+    public_sftp_port: int | None
     smtp_url: str | None
     mail_from: str
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
@@ -96,6 +99,21 @@ class Settings:
     @property
     def is_development(self) -> bool:
         return self.app_env == "development"
+
+    @property
+    def transfer_host(self) -> str:
+        """The host name users give their FTPS and SFTP clients."""
+        return self.public_transfer_host or urlsplit(self.public_url).hostname or "localhost"
+
+    @property
+    def shown_ftps_port(self) -> int:
+        """The explicit FTPS port as users reach it (a load balancer may map it)."""
+        return self.public_ftps_port or self.ftps_port
+
+    @property
+    def shown_sftp_port(self) -> int:
+        """The SFTP port as users reach it (a load balancer may map it)."""
+        return self.public_sftp_port or self.sftp_port
 
     @property
     def mail_dir(self) -> Path:
@@ -150,6 +168,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         sftp_port=_int(env, "SFTP_PORT", 2222),
         sftp_host_key_file=_path(env, "SFTP_HOST_KEY_FILE"),
         public_url=env.get("PUBLIC_URL", "http://127.0.0.1:5000").rstrip("/"),
+        public_transfer_host=env.get("PUBLIC_TRANSFER_HOST"),
+        public_ftps_port=_int(env, "PUBLIC_FTPS_PORT", None),
+        public_sftp_port=_int(env, "PUBLIC_SFTP_PORT", None),
         smtp_url=env.get("SMTP_URL"),
         mail_from=env.get("MAIL_FROM", "sealdrop@localhost"),
         trusted_proxies=_networks(env.get("TRUSTED_PROXIES", "")),

@@ -126,14 +126,28 @@ def policy_failures(password: str, *, min_length: int = MIN_LENGTH, upper: bool 
         problems.append("Include a digit.")
     if symbol and all(c.isalnum() or c in string.whitespace for c in password):
         problems.append("Include a character that is not a letter or digit.")
-    if not problems and is_guessable(password, user_inputs):
-        problems.append("This password is too common or easy to guess; choose a longer, less predictable one.")
+    if not problems:
+        problems.extend(guessability_advice(password, user_inputs))
     return problems
 
 
 def is_guessable(password: str, user_inputs: tuple[str, ...] = ()) -> bool:
     """True for common, breached-style or trivially derived passwords."""
-    return zxcvbn(password[:100], user_inputs=list(user_inputs))["score"] < MIN_STRENGTH
+    return _strength(password, user_inputs)["score"] < MIN_STRENGTH
+
+
+def guessability_advice(password: str, user_inputs: tuple[str, ...] = ()) -> list[str]:
+    """For a guessable password, why and how to do better (zxcvbn's feedback); empty otherwise."""
+    result = _strength(password, user_inputs)
+    if result["score"] >= MIN_STRENGTH:
+        return []
+    feedback = result["feedback"]
+    return ["This password is too common or easy to guess; choose a longer, less predictable one.",
+            *filter(None, [feedback.get("warning")]), *feedback.get("suggestions", [])]
+
+
+def _strength(password: str, user_inputs: tuple[str, ...]) -> dict:
+    return zxcvbn(password[:100], user_inputs=list(user_inputs))
 
 
 def check_password(password: str, **rules) -> None:

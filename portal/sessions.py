@@ -68,6 +68,13 @@ class WebSessionData(CallbackDict, SessionMixin):
         self.rotate = True
         self.modified = True
 
+    def start_over(self) -> None:
+        """Drop the user and continue as an anonymous session under a new token (a message can follow)."""
+        self.clear()
+        self.user_id, self.session_version, self.mfa_passed = None, None, False
+        self.rotate = True
+        self.modified = True
+
     def end(self) -> None:
         """Sign out: the row is revoked and the cookie removed."""
         self.clear()

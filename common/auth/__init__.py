@@ -29,13 +29,16 @@ from common.auth.gate import (
 )
 from common.auth.lockout import is_locked_out, unlock_user
 from common.auth.policy import set_mfa_exempt, set_policy
-from common.auth.ssh_keys import MAX_KEY_LINE, PublicKey, add_ssh_key, is_authorized_key, parse_public_key
+from common.auth.ssh_keys import (
+    MAX_KEY_LINE, PublicKey, SshKeyInfo, add_ssh_key, is_authorized_key, list_ssh_keys, parse_public_key,
+    remove_ssh_key,
+)
 
 __all__ = [
     "APP_PASSWORD_PREFIX", "MAX_KEY_LINE", "SECOND_FACTOR_SECONDS", "UNAUTHENTICATED_ENDS_AUDITED_PER_MINUTE",
-    "AppPasswordInfo", "AuthResult", "PublicKey", "add_ip_rule", "add_ssh_key", "address_group",
+    "AppPasswordInfo", "AuthResult", "PublicKey", "SshKeyInfo", "add_ip_rule", "add_ssh_key", "address_group",
     "authenticate", "client_ip", "create_app_password", "is_address_allowed", "is_authorized_key",
-    "is_banned", "is_locked_out", "list_app_passwords", "parse_cidr", "parse_public_key",
-    "prune_login_state", "record_unauthenticated_end", "remove_ip_rule", "revoke_app_password",
+    "is_banned", "is_locked_out", "list_app_passwords", "list_ssh_keys", "parse_cidr", "parse_public_key",
+    "prune_login_state", "record_unauthenticated_end", "remove_ip_rule", "remove_ssh_key", "revoke_app_password",
     "set_mfa_exempt", "set_policy", "unlock_user", "verify_totp",
 ]

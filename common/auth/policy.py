@@ -31,6 +31,12 @@ def mfa_state(policy: PasswordPolicy | None, user: User) -> str:
     return MFA_UNENROLLED if policy is not None and policy.require_mfa else MFA_OFF
 
 
+def is_mfa_required(session: Session, user: User) -> bool:
+    """Whether the account requires MFA of this user (a named exemption lifts it)."""
+    policy = session.get(PasswordPolicy, user.account_id)
+    return policy is not None and policy.require_mfa and not user.mfa_exempt
+
+
 def set_policy(session: Session, keyring: Keyring, account: Account, *, min_length: int | None = None,
                upper: bool | None = None, lower: bool | None = None, digit: bool | None = None,
                symbol: bool | None = None, require_mfa: bool | None = None,

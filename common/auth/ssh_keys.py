@@ -9,6 +9,7 @@ import base64
 import binascii
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import dsa, rsa
@@ -20,7 +21,7 @@ from common import accounts
 from common.accounts import SYSTEM, Actor
 from common.auth.admin import audit_change
 from common.crypto import Keyring
-from common.errors import AlreadyExists, InvalidInput
+from common.errors import AlreadyExists, InvalidInput, NotFound
 from common.models import SshKey, User
 from common.services import Services
 
@@ -69,6 +70,36 @@ def add_ssh_key(session: Session, keyring: Keyring, user: User, line: str, *,
     audit_change(session, keyring, actor, user.account_id,
                  f"ssh key {key.fingerprint} added for user {user.id}")
     return row
+
+
+@dataclass(frozen=True)
+class SshKeyInfo:
+    """One authorised key as the portal lists it."""
+
+    id: int
+    key_type: str
+    fingerprint: str
+    comment: str | None
+    created_at: datetime
+    last_used_at: datetime | None
+
+
+def list_ssh_keys(session: Session, keyring: Keyring, user: User) -> list[SshKeyInfo]:
+    """The user's authorised keys, newest first, with their comments opened."""
+    keys = keyring.account(session, user.account_id)
+    rows = session.scalars(select(SshKey).where(SshKey.user_id == user.id).order_by(SshKey.id.desc()))
+    return [SshKeyInfo(row.id, row.key_type, row.fingerprint,
+                       keys.open_text(row.comment_sealed, "ssh-key-comment") if row.comment_sealed else None,
+                       row.created_at, row.last_used_at) for row in rows]
+
+
+def remove_ssh_key(session: Session, keyring: Keyring, user: User, key_id: int, *, actor: Actor = SYSTEM) -> None:
+    """Remove one of the user's keys (another user's id is NotFound), audited."""
+    row = session.scalar(select(SshKey).where(SshKey.id == key_id, SshKey.user_id == user.id))
+    if row is None:
+        raise NotFound("No such key.")
+    session.delete(row)
+    audit_change(session, keyring, actor, user.account_id, f"ssh key {row.fingerprint} removed from user {user.id}")
 
 
 def authorized_key_id(session: Session, user_id: int, key_type: str | None, blob: bytes) -> int | None:

@@ -18,7 +18,9 @@ from sqlalchemy.orm import Session
 from common import accounts
 from common.accounts import SYSTEM, Actor
 from common.auth.admin import audit_change
+from common.auth.policy import is_mfa_required
 from common.crypto import DataKeys, Keyring
+from common.errors import PermissionDenied
 from common.models import RecoveryCode, User
 
 ISSUER = "Sealdrop"
@@ -101,6 +103,30 @@ def confirm_totp_enrolment(session: Session, keyring: Keyring, user: User, code:
     user.totp_last_step = step  # the confirming code may not be replayed at the next login
     user.totp_enrolled_at = datetime.now(timezone.utc)
     audit_change(session, keyring, actor, user.account_id, f"user {user.id} enrolled in mfa")
+    return True
+
+
+def pending_totp_uri(session: Session, keyring: Keyring, user: User) -> str | None:
+    """The otpauth URI of a started, not yet confirmed enrolment (to show its QR code again), or None."""
+    if user.totp_secret_sealed is None or user.totp_enrolled_at is not None:
+        return None
+    secret = open_secret(keyring.account(session, user.account_id), user.totp_secret_sealed)
+    return provisioning_uri(secret, accounts.user_name(session, keyring, user))
+
+
+def disable_totp(session: Session, keyring: Keyring, user: User, code: str, *, actor: Actor = SYSTEM) -> bool:
+    """Turn the user's MFA off when `code` is their current one (False otherwise), with their
+    recovery codes; refused while the account requires MFA of them. Audited."""
+    if is_mfa_required(session, user):
+        raise PermissionDenied("Your account requires two-step sign-in, so it cannot be turned off.")
+    if user.totp_enrolled_at is None or user.totp_secret_sealed is None:
+        return False
+    step = matching_step(open_secret(keyring.account(session, user.account_id), user.totp_secret_sealed), code)
+    if step is None or not claim_step(session, user.id, step):
+        return False
+    user.totp_secret_sealed = user.totp_enrolled_at = user.totp_last_step = None
+    session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+    audit_change(session, keyring, actor, user.account_id, f"user {user.id} turned mfa off")
     return True
 
 

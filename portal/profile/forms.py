@@ -1,0 +1,44 @@
+"""The profile's forms; every change is a POST carrying its CSRF token."""
+from flask_wtf import FlaskForm
+from wtforms import PasswordField, StringField, SubmitField, TextAreaField
+from wtforms.validators import DataRequired, EqualTo, Length
+
+from common.auth import MAX_KEY_LINE
+from common.auth.app_passwords import APP_PASSWORD_LABEL_MAX
+from common.passwords import MAX_LENGTH
+
+
+class PasswordChangeForm(FlaskForm):
+    current = PasswordField("Current password", validators=[DataRequired()],
+                            render_kw={"autocomplete": "current-password"})
+    new = PasswordField("New password", validators=[DataRequired(), Length(max=MAX_LENGTH)],
+                        render_kw={"autocomplete": "new-password"})
+    confirm = PasswordField("New password again", validators=[
+        DataRequired(), EqualTo("new", message="The two new passwords differ; type the same one twice.")],
+        render_kw={"autocomplete": "new-password"})
+    submit = SubmitField("Change my password")
+
+
+class CodeForm(FlaskForm):
+    code = StringField("6-digit code from your authenticator app", validators=[DataRequired(), Length(max=16)],
+                       render_kw={"autocomplete": "one-time-code", "inputmode": "numeric"})
+    submit = SubmitField("Confirm")
+
+
+class ButtonForm(FlaskForm):
+    """A POST with nothing but its CSRF token (start, regenerate, remove, sign out everywhere)."""
+
+    submit = SubmitField("Continue")
+
+
+class SshKeyForm(FlaskForm):
+    key = TextAreaField("Public key (the whole line of your .pub file)",
+                        validators=[DataRequired(), Length(max=MAX_KEY_LINE)],
+                        render_kw={"rows": 3, "spellcheck": "false", "placeholder": "ssh-ed25519 AAAA… me@laptop"})
+    submit = SubmitField("Add key")
+
+
+class AppPasswordForm(FlaskForm):
+    label = StringField("What it is for (e.g. the office scanner)",
+                        validators=[Length(max=APP_PASSWORD_LABEL_MAX)])
+    submit = SubmitField("Create app password")
