@@ -11,11 +11,13 @@ transaction as the change. Adapters never touch storage or crypto themselves.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Iterator
 
@@ -23,11 +25,11 @@ from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from common import audit, doors, paths
+from common import audit, doors, paths, refs
 from common.content import ContentReader, ContentWriter, StoredContent
 from common.crypto import DataKeys, random_key
 from common.errors import (
-    AlreadyExists, IntegrityFailure, InvalidName, IsAFolder, NotAFolder, NotEmpty, NotFound,
+    AlreadyExists, IntegrityFailure, InvalidInput, InvalidName, IsAFolder, NotAFolder, NotEmpty, NotFound,
     FileReplaced, PermissionDenied, SealdropError, Unsupported,
 )
 from common.jobs.alerts import enqueue_integrity_alert
@@ -42,6 +44,11 @@ SHARED = "Shared"
 AUDIT_LOGS = "Audit Logs"
 RESERVED_ROOT_NAMES = (SHARED, AUDIT_LOGS)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+MAX_PAGE = 1000  # entries in one page of a folder
+MAX_DEPTH = 10_000  # folders above a node, far beyond any real tree (a guard, not a limit of use)
+# {path: node id} while an operation by ref runs: its path must still lead to that node.
+_EXPECTED_NODES: ContextVar[dict[str, int] | None] = ContextVar("expected_nodes", default=None)
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +106,7 @@ class Entry:
     md5: bytes | None = None
     sha256: bytes | None = None
     version: uuid.UUID | None = None  # a file's current content; pass to open_read to pin it
+    id: str | None = None  # its ref (common.refs), what a URL carries instead of the path
 
     @property
     def is_folder(self) -> bool:
@@ -120,6 +128,16 @@ class _Place:
     @property
     def writable(self) -> bool:
         return self.node is not None and self.permission == "write"
+
+    @property
+    def ref(self) -> str:
+        if self.path == "/":
+            return refs.ROOT
+        if self.virtual == "shared":
+            return refs.SHARED
+        if self.virtual == "shared-owner":
+            return refs.owner_ref(next(iter(self.children.values())).owner_id)
+        return refs.node_ref(self.node.id)
 
 
 def _audits_refusals(operation: str):
@@ -155,16 +173,7 @@ class Workspace:
     def list_dir(self, path: str) -> list[Entry]:
         """The entries of a folder, sorted by name (names are decrypted here, then sorted)."""
         with self._session() as session:
-            place = self._resolve(session, path)
-            if place.virtual:
-                entries = [Entry(name, paths.join(place.path, name), "folder")
-                           for name in place.children]
-            else:
-                if place.node.kind != "folder":
-                    raise NotAFolder()
-                entries = self._children(session, place)
-                if place.path == "/" and place.share is None:
-                    entries += self._root_extras(self._user(session))
+            entries = self._listing(session, self._resolve(session, path))
         return sorted(entries, key=lambda e: e.name)
 
     def fingerprint(self, path: str) -> Entry:
@@ -297,6 +306,196 @@ class Workspace:
             raise
         return Download(self, place.path, content.size, reader.read(offset, length), offset)
 
+    # -- by ref: what the web's URLs carry (common.refs) -----------------------------------
+    def path_of(self, ref: str) -> str:
+        """The path of a ref as this principal sees it; NotFound when they cannot reach it."""
+        with self._session() as session:
+            return self._place_of_ref(session, ref).path
+
+    def stat_by_id(self, ref: str) -> Entry:
+        """Metadata of the file or folder a ref names."""
+        with self._session() as session:
+            return self._entry(session, self._place_of_ref(session, ref))
+
+    def trail(self, ref: str) -> list[tuple[str, str]]:
+        """The breadcrumbs of a ref: (ref, name) pairs from the root ("root", "/") down to it."""
+        with self._session() as session:
+            return self._trail(session, self._place_of_ref(session, ref))
+
+    def list_page(self, ref_or_path: str, *, sort: str = "name", descending: bool = False,
+                  offset: int = 0, limit: int = 50) -> refs.Page:
+        """One page of a folder (a ref, or a path starting with "/"): folders first, then files."""
+        if sort not in refs.SORT_KEYS or not 0 <= offset or not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"Sort by {', '.join(refs.SORT_KEYS)}, with 1 to {MAX_PAGE} entries a page")
+        with self._session() as session:
+            place = self._resolve(session, ref_or_path) if _is_path(ref_or_path) else \
+                self._place_of_ref(session, ref_or_path)
+            entries = self._listing(session, place)
+        ordered = refs.sort_entries(entries, sort, descending)
+        folders = sum(1 for e in entries if e.is_folder)
+        return refs.Page(ordered[offset:offset + limit], len(entries), folders, len(entries) - folders,
+                         offset, limit)
+
+    def details(self, ref: str) -> refs.Details:
+        """A file's or folder's details: dates, fingerprints, and who uploaded it through which door."""
+        with self._session() as session:
+            place = self._place_of_ref(session, ref)
+            entry = self._entry(session, place)
+            node = place.node
+            version = session.get(FileVersion, node.current_version_id) if node and node.current_version_id else None
+            return refs.Details(
+                id=entry.id, name=entry.name, kind=entry.kind, size=entry.size, mtime=entry.mtime,
+                created=node.created_at if node else None, uploaded=version.created_at if version else None,
+                md5=version.md5.hex() if version else None, sha256=version.sha256.hex() if version else None,
+                uploaded_by=self._username_of(session, version.created_by_id) if version else None,
+                door=version.door if version else None, writable=entry.writable,
+                version=version.id if version else None)
+
+    def make_dir_by_id(self, parent_ref: str, name: str) -> Entry:
+        """Create the folder `name` in the folder a ref names."""
+        parent = self._locate(parent_ref, "mkdir")
+        with _expecting(parent):
+            return self.make_dir(paths.join(parent[0], name))
+
+    def rename_by_id(self, ref: str, new_name: str) -> Entry:
+        """Rename in place; an existing entry of that name is never replaced (AlreadyExists)."""
+        source = self._locate(ref, "rename")
+        folder = paths.parent_and_name(source[0])[0] if source[0] != "/" else "/"
+        with _expecting(source):
+            return self.rename(source[0], paths.join(folder, new_name), overwrite=False)
+
+    def move_by_id(self, ref: str, folder_ref: str) -> Entry:
+        """Move into the folder `folder_ref` names, keeping the name; nothing is replaced."""
+        source, folder = self._locate(ref, "rename"), self._locate(folder_ref, "rename")
+        name = paths.parts(source[0])[-1] if source[0] != "/" else "root"  # the root: rename refuses it
+        with _expecting(source, folder):
+            return self.rename(source[0], paths.join(folder[0], name), overwrite=False)
+
+    def remove_by_id(self, ref: str) -> None:
+        """Delete permanently the file or folder (with all it holds) a ref names."""
+        target = self._locate(ref, "delete")
+        with _expecting(target):
+            self.remove(target[0])
+
+    def open_read_by_id(self, ref: str, offset: int = 0, length: int | None = None, *,
+                        version: uuid.UUID | None = None) -> "Download":
+        """Stream the file a ref names (see open_read)."""
+        target = self._locate(ref, "download")
+        with _expecting(target):
+            return self.open_read(target[0], offset, length, version=version)
+
+    def open_write_by_id(self, parent_ref: str, name: str, *, mtime: datetime | None = None) -> "Upload":
+        """Start an upload of `name` into the folder a ref names (see open_write)."""
+        parent = self._locate(parent_ref, "upload")
+        with _expecting(parent):
+            return self.open_write(paths.join(parent[0], name), mtime=mtime)
+
+    def _locate(self, ref: str, operation: str) -> tuple[str, int | None]:
+        """A ref's path and node id, for an operation that resolves the path again."""
+        try:
+            with self._session() as session:
+                place = self._place_of_ref(session, ref)
+                return place.path, place.node.id if place.node else None
+        except PermissionDenied:
+            self.record_refusal(operation)
+            raise
+
+    def _place_of_ref(self, session: Session, ref: str) -> _Place:
+        """Resolve a ref through its path, so that exactly the rules of paths apply."""
+        parsed = refs.parse(ref)
+        if self.me.door.reach is doors.Reach.USER:
+            self._user(session)  # a disabled user is refused before anything is looked up
+        path = self._path_of_ref(session, parsed)
+        place = self._resolve(session, path)
+        found = place.node.id if parsed.kind == "node" and place.node else place.ref
+        if found != (parsed.id if parsed.kind == "node" else ref):
+            raise NotFound()
+        return place
+
+    def _path_of_ref(self, session: Session, ref: refs.Ref) -> str:
+        if ref.kind == "root":
+            return "/"
+        if ref.kind == "node":
+            return self._path_of_node(session, ref.id)
+        if self.me.door.reach is not doors.Reach.USER:
+            raise NotFound()
+        if ref.kind == "shared":
+            return "/" + SHARED
+        for owner, folders in self._shared_with_me(session).items():
+            if next(iter(folders.values())).owner_id == ref.id:
+                return paths.join("/" + SHARED, owner)
+        raise NotFound()
+
+    def _path_of_node(self, session: Session, node_id: int) -> str:
+        """Where a node of this account shows in the principal's view, or NotFound."""
+        chain = self._ancestry(session, node_id)
+        ids = [row.id for row in chain]
+        if not ids:
+            raise NotFound()
+        reach = self.me.door.reach
+        if reach is doors.Reach.SHARE:
+            return self._path_below(session, "/", chain, ids, self._link_root(session).node.id)
+        audit_logs_id = session.get(Account, self.me.account_id).audit_folder_id
+        if ids[0] == audit_logs_id:
+            return self._path_below(session, "/" + AUDIT_LOGS, chain, ids, audit_logs_id)
+        if reach is doors.Reach.AUDIT_LOGS:
+            raise NotFound()
+        home_id = self._user(session).home_folder_id
+        if ids[0] == home_id:
+            return self._path_below(session, "/", chain, ids, home_id)
+        return self._path_through_share(session, chain, ids)
+
+    def _path_through_share(self, session: Session, chain: list, ids: list[int]) -> str:
+        """A node of another user, through a share to me that holds it.
+
+        Shares may nest (a folder and one inside it both shared with me): the route is the
+        one with write permission if any, else the outermost, so one node has one path.
+        """
+        routes = [(share.permission != "write", ids.index(share.folder_id), share.id, owner, name)
+                  for owner, folders in self._shared_with_me(session).items()
+                  for name, share in folders.items() if share.folder_id in ids]
+        if not routes:
+            raise NotFound()
+        *_, owner, name = min(routes)
+        shared_root = paths.join(paths.join("/" + SHARED, owner), name)
+        return self._path_below(session, shared_root, chain, ids, ids[min(routes)[1]])
+
+    def _path_below(self, session: Session, root_path: str, chain: list, ids: list[int], root_id: int) -> str:
+        if root_id not in ids:
+            raise NotFound()
+        keys = self._keys(session)
+        path = root_path
+        for row in chain[ids.index(root_id) + 1:]:
+            path = paths.join(path, keys.open_text(row.name_sealed, "node-name"))
+        return path
+
+    def _ancestry(self, session: Session, node_id: int) -> list:
+        """The node and its ancestors in this account, from its root down (empty: no such node)."""
+        return session.execute(text("""
+            WITH RECURSIVE up(id, parent_id, name_sealed, depth) AS (
+                SELECT id, parent_id, name_sealed, 0 FROM nodes WHERE id = :id AND account_id = :account
+                UNION ALL SELECT n.id, n.parent_id, n.name_sealed, up.depth + 1
+                FROM nodes n JOIN up ON n.id = up.parent_id WHERE up.depth < :limit)
+            SELECT id, name_sealed FROM up ORDER BY depth DESC
+        """), {"id": node_id, "account": self.me.account_id, "limit": MAX_DEPTH}).all()
+
+    def _trail(self, session: Session, place: _Place) -> list[tuple[str, str]]:
+        names = paths.parts(place.path)
+        crumbs = [(refs.ROOT, "/")]
+        for depth in range(1, len(names) + 1):  # the virtual levels above the first node
+            level = self._resolve(session, "/" + "/".join(names[:depth]))
+            if level.node is not None:
+                chain = self._ancestry(session, place.node.id)[depth - 1 - len(names):]
+                return crumbs + [(refs.node_ref(row.id), name) for row, name in zip(chain, names[depth - 1:])]
+            crumbs.append((level.ref, names[depth - 1]))
+        return crumbs
+
+    def _username_of(self, session: Session, user_id: int | None) -> str | None:
+        user = session.get(User, user_id) if user_id else None
+        if user is None or user.account_id != self.me.account_id:
+            return None
+        return self.services.keyring.service(session).open_text(user.username_sealed, "username")
+
     # -- internals: resolution -------------------------------------------------------------
     def _session(self):
         return self.services.db.session()
@@ -305,6 +504,13 @@ class Workspace:
         return self.services.keyring.account(session, self.me.account_id)
 
     def _resolve(self, session: Session, path: str) -> _Place:
+        place = self._resolve_path(session, path)
+        expected = (_EXPECTED_NODES.get() or {}).get(place.path)
+        if expected is not None and (place.node is None or place.node.id != expected):
+            raise NotFound()  # the node a ref named moved away before the operation resolved its path
+        return place
+
+    def _resolve_path(self, session: Session, path: str) -> _Place:
         parts = paths.parts(paths.normalise(path))
         reach = self.me.door.reach
         if reach is doors.Reach.SHARE:
@@ -425,12 +631,13 @@ class Workspace:
     # -- internals: entries ----------------------------------------------------------------
     def _entry(self, session: Session, place: _Place) -> Entry:
         if place.virtual:
-            return Entry((paths.parts(place.path) or ("/",))[-1], place.path, "folder")
+            return Entry((paths.parts(place.path) or ("/",))[-1], place.path, "folder", id=place.ref)
         version = None
         if place.node.current_version_id:
             version = session.get(FileVersion, place.node.current_version_id)
         name = paths.parts(place.path)[-1] if place.path != "/" else "/"
-        return self._node_entry(place.path, place.node, version, place.permission, name=name)
+        entry = self._node_entry(place.path, place.node, version, place.permission, name=name)
+        return replace(entry, id=place.ref)  # "/" is "root" whatever its node
 
     def _children(self, session: Session, place: _Place) -> list[Entry]:
         keys = self._keys(session)
@@ -441,11 +648,31 @@ class Workspace:
                 for node, version in rows
                 for name in [keys.open_text(node.name_sealed, "node-name")]]
 
-    @staticmethod
-    def _root_extras(user: User) -> list[Entry]:
-        extras = [Entry(SHARED, "/" + SHARED, "folder")]
+    def _listing(self, session: Session, place: _Place) -> list[Entry]:
+        """The entries of a folder, unsorted."""
+        if place.virtual:
+            return [Entry(name, paths.join(place.path, name), "folder", id=self._virtual_child_ref(session, value))
+                    for name, value in place.children.items()]
+        if place.node.kind != "folder":
+            raise NotAFolder()
+        entries = self._children(session, place)
+        if place.path == "/" and place.share is None:
+            entries += self._root_extras(session, self._user(session))
+        return entries
+
+    def _virtual_child_ref(self, session: Session, value) -> str:
+        if isinstance(value, dict):  # an owner under /Shared: {folder name: share}
+            return refs.owner_ref(next(iter(value.values())).owner_id)
+        if isinstance(value, Share):  # a shared folder under /Shared/<owner>
+            return refs.node_ref(value.folder_id)
+        return refs.node_ref(self._audit_logs(session, "read").node.id)  # the service's /Audit Logs
+
+    def _root_extras(self, session: Session, user: User) -> list[Entry]:
+        extras = [Entry(SHARED, "/" + SHARED, "folder", id=refs.SHARED)]
         if user.is_admin:
-            extras.append(Entry(AUDIT_LOGS, "/" + AUDIT_LOGS, "folder"))
+            audit_logs = self._audit_logs(session, "read").node
+            extras.append(Entry(AUDIT_LOGS, "/" + AUDIT_LOGS, "folder", mtime=audit_logs.mtime,
+                                id=refs.node_ref(audit_logs.id)))
         return extras
 
     @staticmethod
@@ -453,10 +680,12 @@ class Workspace:
                     name: str | None = None) -> Entry:
         name = name or paths.parts(path)[-1]
         if node.kind == "folder":
-            return Entry(name, path, "folder", mtime=node.mtime, writable=permission == "write")
+            return Entry(name, path, "folder", mtime=node.mtime, writable=permission == "write",
+                         id=refs.node_ref(node.id))
         return Entry(name, path, "file", size=version.size if version else 0, mtime=node.mtime,
                      writable=permission == "write", md5=version.md5 if version else None,
-                     sha256=version.sha256 if version else None, version=version.id if version else None)
+                     sha256=version.sha256 if version else None, version=version.id if version else None,
+                     id=refs.node_ref(node.id))
 
     def _has_children(self, session: Session, node: Node) -> bool:
         return session.scalar(select(func.count()).where(Node.parent_id == node.id)) > 0
@@ -629,7 +858,8 @@ class Upload:
             cipher_size=prints.cipher_size, cipher_sha256=prints.cipher_sha256,
             wrapped_key=wrapped, key_version=key_version, state="stored" if stored else "spooled",
             stored_at=now if stored else None,
-            spool_id=ws.services.settings.spool_id, mtime=self._mtime or now, created_by_id=ws.me.user_id)
+            spool_id=ws.services.settings.spool_id, mtime=self._mtime or now, created_by_id=ws.me.user_id,
+            door=ws.me.door.name)
         session.add(version)
         session.flush()
         previous = session.get(FileVersion, node.current_version_id) if node.current_version_id else None
@@ -705,6 +935,20 @@ def _remove_quietly(store, storage_key: str) -> None:
         store.remove(storage_key)
     except SealdropError:
         pass
+
+
+def _is_path(ref_or_path) -> bool:
+    return isinstance(ref_or_path, str) and ref_or_path.startswith("/")
+
+
+@contextlib.contextmanager
+def _expecting(*located: tuple[str, int | None]):
+    """Hold the paths of located refs to their nodes while a path operation resolves them again."""
+    token = _EXPECTED_NODES.set({path: node_id for path, node_id in located if node_id is not None})
+    try:
+        yield
+    finally:
+        _EXPECTED_NODES.reset(token)
 
 
 def _unique_name(name: str, taken: dict) -> str:
