@@ -640,13 +640,20 @@ class Workspace:
         return replace(entry, id=place.ref)  # "/" is "root" whatever its node
 
     def _children(self, session: Session, place: _Place) -> list[Entry]:
+        """One query for the children and their current versions, as plain columns (fast on big folders)."""
         keys = self._keys(session)
         rows = session.execute(
-            select(Node, FileVersion).outerjoin(FileVersion, FileVersion.id == Node.current_version_id)
+            select(Node.id, Node.kind, Node.name_sealed, Node.mtime, FileVersion.id, FileVersion.size,
+                   FileVersion.md5, FileVersion.sha256)
+            .outerjoin(FileVersion, FileVersion.id == Node.current_version_id)
             .where(Node.parent_id == place.node.id)).all()
-        return [self._node_entry(paths.join(place.path, name), node, version, place.permission, name=name)
-                for node, version in rows
-                for name in [keys.open_text(node.name_sealed, "node-name")]]
+        prefix, writable = place.path.rstrip("/") + "/", place.permission == "write"
+        entries = []
+        for node_id, kind, name_sealed, mtime, version_id, size, md5, sha256 in rows:
+            name = keys.open_text(name_sealed, "node-name")  # validated when it was stored
+            entries.append(Entry(name, prefix + name, kind, size or 0, mtime, writable, md5, sha256,
+                                 version_id, refs.node_ref(node_id)))
+        return entries
 
     def _listing(self, session: Session, place: _Place) -> list[Entry]:
         """The entries of a folder, unsorted."""

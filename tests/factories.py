@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy import select, text
 
-from common import accounts, auth
+from common import accounts, auth, sharing
 from common.auth import totp
 from common.errors import (
     AuthFailed,
@@ -194,3 +194,17 @@ def workspace(svc: Services, account_id: int, user_id: int, username: str) -> Wo
 def current_version_id(svc, ws, path):
     with svc.db.session() as session:
         return ws._resolve(session, path).node.current_version_id
+
+
+def principal(account, user_id: int, username: str, role: str = "user", protocol: str = "web") -> Principal:
+    """A logged-in user of `account` (an AccountInfo) on a door."""
+    return Principal(user_id, account.id, username, role, protocol, "127.0.0.1")
+
+
+def share(services, account, owner_name: str, folder: str, to: str, perm: str) -> int:
+    """Share the owner's folder (a path in their home) with a user name or an email; the share's id."""
+    with services.db.session() as session:
+        acct = session.get(accounts.Account, account.id)
+        owner = accounts.find_account_user(session, services.keyring, acct, owner_name)
+        node = sharing.find_folder(session, services.keyring, owner, folder)
+        return sharing.share_folder(session, services.keyring, acct, owner, node, to=to, permission=perm).id

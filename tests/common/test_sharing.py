@@ -11,25 +11,14 @@ from common.errors import (
 )
 from common.jobs.invitations import send_share_invitation
 from common.models import Contact, Node, Share, User
-from common.vfs import Principal, Workspace
-
-
-def principal(account, user_id, username, role="user", protocol="web"):
-    return Principal(user_id, account.id, username, role, protocol, "127.0.0.1")
+from common.vfs import Workspace
+from tests.factories import principal, share
 
 
 def put(ws, path, data=b"data"):
     up = ws.open_write(path)
     up.write(data)
     return up.commit()
-
-
-def share(services, account, owner_name, folder, to, perm):
-    with services.db.session() as session:
-        acct = session.get(accounts.Account, account.id)
-        owner = accounts.find_account_user(session, services.keyring, acct, owner_name)
-        node = sharing.find_folder(session, services.keyring, owner, folder)
-        return sharing.share_folder(session, services.keyring, acct, owner, node, to=to, permission=perm).id
 
 
 @pytest.fixture

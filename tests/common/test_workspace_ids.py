@@ -15,7 +15,7 @@ from common import accounts, audit, refs, sharing
 from common.errors import AlreadyExists, InvalidInput, InvalidName, NotFound, PermissionDenied
 from common.models import Account, FileVersion, Node, Share, User
 from common.vfs import Principal, Workspace
-from tests.common.test_sharing import principal, put, share, team  # noqa: F401 (team: a fixture)
+from tests.factories import principal, share, upload as put
 
 
 def not_found(call) -> NotFound:
@@ -40,14 +40,19 @@ MISSING = refs.node_ref(refs.MAX_ID)
 
 
 @pytest.fixture
-def crew(services, team):
-    """test_sharing's team (an owner with /projects/plan.txt, a guest), with more files and the admin."""
-    account, owner, owner_ws, guest, guest_ws, guest_id = team
-    admin_ws = Workspace(services, principal(account, account.admin_id, account.admin_username, "admin"))
-    owner_ws.make_dir("/projects/sub")
-    put(owner_ws, "/projects/sub/deep.txt", b"deep")
-    put(owner_ws, "/private.txt", b"mine")
-    return account, owner, owner_ws, guest, guest_ws, guest_id, owner_ws.me.user_id, admin_ws
+def crew(services, make_account, make_user):
+    """An owner with /projects (plan.txt, sub/deep.txt) and /private.txt, a guest, and the account's admin."""
+    services.store.ensure_bucket()
+    account = make_account()
+    (owner_id, owner), (guest_id, guest) = make_user(account), make_user(account)
+    owner_ws, guest_ws, admin_ws = (Workspace(services, principal(account, *who)) for who in (
+        (owner_id, owner), (guest_id, guest), (account.admin_id, account.admin_username, "admin")))
+    for folder in ("/projects", "/projects/sub"):
+        owner_ws.make_dir(folder)
+    for path, data in {"/projects/plan.txt": b"the plan", "/projects/sub/deep.txt": b"deep",
+                       "/private.txt": b"mine"}.items():
+        put(owner_ws, path, data)
+    return account, owner, owner_ws, guest, guest_ws, guest_id, owner_id, admin_ws
 
 
 # -- every kind of ref round-trips ------------------------------------------------------------
@@ -485,3 +490,12 @@ def test_an_operation_by_ref_never_acts_on_what_took_the_nodes_place(services, c
         assert b"".join(owner_ws.open_read("/projects/plan.txt")) == b"a newer plan"
         owner_ws.remove("/projects/plan.txt")
         owner_ws.rename("/projects/plan-old.txt", "/projects/plan.txt")
+
+
+def test_a_ref_is_read_whole_or_not_at_all(services, crew):
+    owner_ws = crew[2]
+    node_id = refs.parse(owner_ws.stat("/projects/plan.txt").id).id
+    assert owner_ws.path_of(f"n{node_id}") == "/projects/plan.txt"
+    for near in (f"n{node_id}x", f" n{node_id}", f"n{node_id}\n", f"n0{node_id}", f"N{node_id}",
+                 f"n+{node_id}", f"n{node_id}/..", f"n{node_id}.0", str(node_id), f"n{node_id:_}"):
+        not_found(lambda: owner_ws.path_of(near))
