@@ -3,8 +3,8 @@ from flask_wtf import FlaskForm
 from wtforms import HiddenField, StringField, SubmitField
 from wtforms.validators import DataRequired, Length
 
-NAME_FIELD = dict(validators=[DataRequired(message="Enter a name."), Length(max=255)],
-                  render_kw={"autocomplete": "off", "autocapitalize": "none", "spellcheck": "false"})
+NAME_FIELD = {"validators": [DataRequired(message="Enter a name."), Length(max=255)],
+              "render_kw": {"autocomplete": "off", "autocapitalize": "none", "spellcheck": "false"}}
 
 
 class NewFolderForm(FlaskForm):

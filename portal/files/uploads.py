@@ -109,9 +109,9 @@ def _check_token() -> None:
     except ValidationError as exc:
         log.info("upload refused: %s", exc.args[0])
         raise CSRFError(exc.args[0]) from None
-    if request.is_secure and current_app.config["WTF_CSRF_SSL_STRICT"]:
-        if not request.referrer or not same_origin(request.referrer, f"https://{request.host}/"):
-            raise CSRFError("The referrer does not match the host.")
+    strict = request.is_secure and current_app.config["WTF_CSRF_SSL_STRICT"]
+    if strict and not (request.referrer and same_origin(request.referrer, f"https://{request.host}/")):
+        raise CSRFError("The referrer does not match the host.")
 
 
 def _check_writable_folder(ws: Workspace, ref: str) -> None:

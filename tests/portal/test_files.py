@@ -8,20 +8,14 @@ import re
 import pytest
 from sqlalchemy import update
 
-from common import audit, sharing
 from common.errors import IntegrityFailure
-from common.models import Account, FileVersion, User
-from common.vfs import Principal, Workspace
+from common.models import FileVersion
 from portal.files.downloads import content_disposition
 from tests.factories import upload
+from tests.portal.workspaces import admin_ws, events, read_only_share, ref
 
 XSS = "<img src=x onerror=alert(1)>.html"
 DATA = bytes(range(256)) * 40  # 10 240 bytes
-
-
-def admin_ws(services, account) -> Workspace:
-    return Workspace(services, Principal(account.admin_id, account.id, account.admin_username, "admin", "web",
-                                         "127.0.0.1"))
 
 
 def body(response) -> str:
@@ -46,27 +40,6 @@ def theirs(services, make_account):
     ws.make_dir("/secret")
     upload(ws, "/secret/plan.txt", b"their plan")
     return ws
-
-
-def ref(ws, path):
-    return ws.stat(path).id
-
-
-def events(services, account_id, action):
-    with services.db.session() as session:
-        return audit.query_events(session, services.keyring, account_id, audit.EventFilter(actions=(action,)))
-
-
-def read_only_share(services, account, owner_id, owner_name, grantee_name) -> Workspace:
-    """A folder /shared-in of a user, shared read-only with the grantee; the owner's workspace."""
-    owner_ws = Workspace(services, Principal(owner_id, account.id, owner_name, "user", "web", "127.0.0.1"))
-    owner_ws.make_dir("/shared-in")
-    upload(owner_ws, "/shared-in/keep.txt", b"keep")
-    with services.db.session() as session:
-        owner, acct = session.get(User, owner_id), session.get(Account, account.id)
-        folder = sharing.find_folder(session, services.keyring, owner, "/shared-in")
-        sharing.share_folder(session, services.keyring, acct, owner, folder, to=grantee_name, permission="read")
-    return owner_ws
 
 
 # -- browsing ---------------------------------------------------------------------------------
@@ -164,7 +137,7 @@ def test_new_folder(signed_in, mine, services):
     assert response.status_code == 302 and response.headers["Location"] == f"/files/folder/{docs}"
     assert mine.stat("/docs/2026 ✓").is_folder
     assert "Folder created." in body(signed_in.get(response.headers["Location"]))
-    assert [e.protocol for e in events(services, mine.me.account_id, "mkdir")][0] == "web"
+    assert events(services, mine.me.account_id, "mkdir")[0].protocol == "web"
 
 
 @pytest.mark.parametrize("name, status, message", [

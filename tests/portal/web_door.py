@@ -30,7 +30,7 @@ def web_app(settings, migrated):
     app.extensions["sealdrop"].close()
 
 
-def web_door(request, services, account) -> "WebDoor":
+def web_door(request, services, account) -> WebDoor:
     client = request.getfixturevalue("web_app").test_client()
     response = client.sign_in(account.admin_username, account.password)
     assert response.status_code == 302, response.status_code
