@@ -12,6 +12,7 @@ wins; the old content is purged).
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 
 from flask import current_app, jsonify, render_template, request
@@ -26,6 +27,7 @@ from portal.auth.current import workspace
 
 log = logging.getLogger(__name__)
 TOKEN_HEADER = "X-CSRFToken"
+UNLIMITED = sys.maxsize
 
 
 @dataclass
@@ -90,7 +92,9 @@ def upload(ref: str):
     _check_token()
     ws = workspace()
     _check_writable_folder(ws, ref)
-    request.max_content_length = None  # this one route streams; every other request keeps the small limit
+    # This one route streams; every other request keeps the app's small limit. (None would mean
+    # "the app's limit" in Flask 3.1, so the ceiling is set explicitly.)
+    request.max_content_length = UNLIMITED
     sinks = _receive(ws, ref)
     outcomes = [sink.outcome for sink in sinks if sink.outcome.name]
     if not outcomes:
