@@ -12,14 +12,10 @@ from common.errors import IntegrityFailure
 from common.models import FileVersion
 from portal.files.downloads import content_disposition
 from tests.factories import upload
-from tests.portal.workspaces import admin_ws, events, read_only_share, ref
+from tests.portal.workspaces import admin_ws, body, events, read_only_share, ref
 
 XSS = "<img src=x onerror=alert(1)>.html"
 DATA = bytes(range(256)) * 40  # 10 240 bytes
-
-
-def body(response) -> str:
-    return response.get_data(as_text=True)
 
 
 @pytest.fixture

@@ -26,13 +26,9 @@ from tests.plaintext import (
     leaking_files,
     needles_for,
 )
-from tests.portal.workspaces import admin_ws, events, read_only_share, ref
+from tests.portal.workspaces import admin_ws, body, events, read_only_share, ref
 
 BOUNDARY = "sealdroptestboundary"
-
-
-def body(response) -> str:
-    return response.get_data(as_text=True)
 
 
 @pytest.fixture

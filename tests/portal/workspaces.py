@@ -11,6 +11,10 @@ def admin_ws(services, account) -> Workspace:
     return Workspace(services, principal(account, account.admin_id, account.admin_username, "admin"))
 
 
+def body(response) -> str:
+    return response.get_data(as_text=True)
+
+
 def ref(ws: Workspace, path: str) -> str:
     return ws.stat(path).id
 
