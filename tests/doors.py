@@ -27,6 +27,9 @@ def make_door(request, name: str, services, account):
     if name == "sftp":
         from tests.transfer.sftp_door import sftp_door
         return sftp_door(request, services, account)
+    if name == "web":
+        from tests.portal.web_door import web_door
+        return web_door(request, services, account)
     raise ValueError(name)
 
 

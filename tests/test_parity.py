@@ -13,7 +13,7 @@ import pytest
 
 from tests.doors import DoorError, WorkspaceDoor, make_door
 
-DOORS = ["workspace", "ftps", "sftp"]
+DOORS = ["workspace", "ftps", "sftp", "web"]
 
 
 @pytest.fixture(params=DOORS)

@@ -6,7 +6,6 @@ import re
 import pytest
 from flask.testing import FlaskClient
 
-from portal import create_app
 from tests.factories import random_ip
 
 BASE_URL = "https://portal.test"
@@ -46,11 +45,8 @@ class PortalClient(FlaskClient):
 
 
 @pytest.fixture(scope="session")
-def portal_app(settings, migrated):
-    app = create_app(settings)
-    app.test_client_class = PortalClient
-    yield app
-    app.extensions["sealdrop"].close()
+def portal_app(web_app):
+    return web_app  # one app for the portal tests and the parity door (tests/portal/web_door.py)
 
 
 @pytest.fixture
