@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from flask import Flask
+from flask import Flask, request
 from flask_bootstrap import Bootstrap5
 from flask_wtf import CSRFProtect
 
@@ -63,12 +63,20 @@ def create_app(settings: Settings | None = None) -> Flask:
     cli.register(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
-    app.context_processor(lambda: {"nav_items": _navigation(app)})
+    app.context_processor(lambda: {"nav_items": _navigation(app), "active_nav": _active_navigation()})
     return app
 
 
 def _navigation(app: Flask) -> list[tuple[str, str, bool]]:
     return [item for item in NAVIGATION if item[0] in app.view_functions]
+
+
+def _active_navigation() -> str | None:
+    """The navigation entry of this page: its own, or else the first of its blueprint."""
+    endpoints = [endpoint for endpoint, _, _ in NAVIGATION]
+    if request.endpoint in endpoints:
+        return request.endpoint
+    return next((e for e in endpoints if e.split(".")[0] == request.blueprint), None)
 
 
 def services(app: Flask) -> Services:

@@ -54,7 +54,6 @@ class WebSessionData(CallbackDict, SessionMixin):
         self.created_at = row.created_at if row else None
         self.last_seen_at = row.last_seen_at if row else None
         self.rotate = False
-        self.ended = False
 
     @property
     def signed_in_user_id(self) -> int | None:
@@ -69,16 +68,12 @@ class WebSessionData(CallbackDict, SessionMixin):
         self.modified = True
 
     def start_over(self) -> None:
-        """Drop the user and continue as an anonymous session under a new token (a message can follow)."""
+        """Sign out: drop the user and continue as an anonymous session under a new token, so a
+        message can follow; the old token is revoked."""
         self.clear()
         self.user_id, self.session_version, self.mfa_passed = None, None, False
         self.rotate = True
         self.modified = True
-
-    def end(self) -> None:
-        """Sign out: the row is revoked and the cookie removed."""
-        self.clear()
-        self.ended = True
 
 
 class NoSession(WebSessionData):
@@ -111,13 +106,6 @@ class DatabaseSessionInterface(SessionInterface):
         if isinstance(session, NoSession):
             return
         name = self.get_cookie_name(app)
-        if session.ended:
-            if session.token_hash:
-                revoke(self.services, [session.token_hash])
-            response.delete_cookie(name, path=self.get_cookie_path(app), domain=self.get_cookie_domain(app),
-                                   secure=self.get_cookie_secure(app), httponly=True,
-                                   samesite=self.get_cookie_samesite(app))
-            return
         if session.token_hash is None and not session.modified:
             return
         token = None

@@ -75,7 +75,7 @@ def sign_out():
     user = current_user if current_user.is_authenticated else enrolling_user()
     if user is not None:
         _record_sign_out(user)
-    session.end()
+    session.start_over()
     flash("You are signed out.", "info")
     return redirect(url_for("auth.sign_in"))
 

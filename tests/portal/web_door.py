@@ -16,7 +16,7 @@ from tests.doors import DoorError
 from tests.portal.conftest import PortalClient
 
 # A row's link on a folder page: to a folder or to a file's details, then the escaped name.
-ENTRY_LINK = re.compile(r'<a class="entry" href="/files/(folder|item)/([a-z0-9-]+)">(?:📁 )?([^<]*)</a>')
+ENTRY_LINK = re.compile(r'<a class="entry" href="/files/(folder|item)/([a-z0-9-]+)">(?:<span class="folder-icon" aria-hidden="true"></span>)?([^<]*)</a>')
 NEXT_PAGE = re.compile(r'<li class="page-item"><a class="page-link" href="([^"]+)">Next</a>')
 SIZE = re.compile(r"\((\d+) bytes\)")
 KINDS = {400: "invalid", 403: "denied", 404: "not_found", 409: "exists", 501: "unsupported"}
