@@ -74,6 +74,11 @@ class Account(Base):
     audit_count: Mapped[int] = mapped_column(BigInteger, default=0)
     audit_folder_id: Mapped[int | None] = mapped_column(
         ForeignKey("nodes.id", ondelete="SET NULL", use_alter=True))
+    # The link policy: the longest expiry a share link may have, whether it needs a password,
+    # whether "send me files" request links may be made.
+    link_max_days: Mapped[int] = mapped_column(Integer, default=30, server_default=text("30"))
+    link_password_required: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    request_links_allowed: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
     created_at: Mapped[datetime] = _now()
     __table_args__ = (CheckConstraint(_in("tier", TIERS), name="tier"),)
 
@@ -113,6 +118,9 @@ class User(Base):
     home_folder_id: Mapped[int | None] = mapped_column(
         ForeignKey("nodes.id", ondelete="SET NULL", use_alter=True))
     session_version: Mapped[int] = mapped_column(Integer, default=1)
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set when the policy tightens: the next web sign-in goes to the password page first.
+    must_change_password: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime] = _now()
     __table_args__ = (
         CheckConstraint(_in("role", ROLES), name="role"),
@@ -123,6 +131,20 @@ class User(Base):
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+
+class PasswordLink(Base):
+    """A single-use set-password link (an invitation or a reset); only the token's SHA-256 is kept."""
+
+    __tablename__ = "password_links"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    purpose: Mapped[str] = mapped_column(String(8))
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    created_at: Mapped[datetime] = _now()
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    __table_args__ = (CheckConstraint(_in("purpose", ("invite", "reset")), name="purpose"),)
 
 
 class RecoveryCode(Base):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 
+from sqlalchemy import func, update
 from sqlalchemy.orm import Session
 
 from common import accounts, audit, doors, passwords
@@ -361,6 +362,7 @@ def _finish_key_login(services: Services, login: _Login) -> AuthResult:
 
 def _record_success(session: Session, keyring: Keyring, login: _Login, detail: str) -> None:
     lockout.clear(session, login.subject)
+    session.execute(update(User).where(User.id == login.user_id).values(last_login_at=func.now()))
     _audit_login(session, keyring, login, "login", "ok", detail)
 
 

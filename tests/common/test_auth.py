@@ -16,7 +16,7 @@ from common.auth import totp
 from common.errors import (
     AlreadyExists, AuthFailed, Banned, InvalidInput, LockedOut, PolicyViolation, TierRequired,
 )
-from common.models import Account, AuditEvent, DefenderFailure, IpBan, LoginThrottle
+from common.models import Account, AuditEvent, DefenderFailure, IpBan, LoginThrottle, User
 from common.services import Services
 from tests.fixtures import STRONG_PASSWORD
 from tests.factories import add_key, allow, enrol, login, new_ed25519_line, random_ip, refused, require_mfa
@@ -566,3 +566,11 @@ def test_chains_verify_after_every_kind_of_outcome(services, mfa_user):
     with services.db.session() as session:
         assert audit.verify_chain(session, account_id).ok
         assert audit.verify_chain(session, None).ok
+
+
+def test_a_completed_login_records_when_the_user_last_signed_in(services, account):
+    with services.db.session() as session:
+        assert session.get(User, account.admin_id).last_login_at is None
+    login(services, account.admin_username, account.password, protocol="sftp")
+    with services.db.session() as session:
+        assert session.get(User, account.admin_id).last_login_at is not None
