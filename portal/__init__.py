@@ -27,6 +27,10 @@ BLUEPRINTS = (health.bp, auth.bp, files.bp, profile.bp)
 # The navigation: (endpoint, label, admins only); entries whose blueprint is not registered are left out.
 NAVIGATION = (
     ("files.home", "Files", False),
+    ("users.index", "Users", True),
+    ("contacts.index", "Contacts", True),
+    ("settings.index", "Settings", True),
+    ("compliance.index", "Compliance", True),
     ("profile.index", "Profile", False),
     ("profile.connection", "Connection details", False),
 )

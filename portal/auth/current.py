@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import wraps
 from urllib.parse import urlsplit
 
-from flask import current_app, session
-from flask_login import LoginManager, UserMixin, current_user
+from flask import abort, current_app, session
+from flask_login import LoginManager, UserMixin, current_user, login_required
 
 from common import accounts
 from common.models import User
@@ -51,6 +52,17 @@ def load_web_user(user_id: int | None) -> WebUser | None:
         if user is None or user.status != "active":
             return None
         return WebUser(user.id, user.account_id, accounts.user_name(db, svc.keyring, user), user.role)
+
+
+def admin_required(view):
+    """A page of the account's administration: signed in, and an admin of the account (else 403)."""
+    @wraps(view)
+    @login_required
+    def wrapper(*args, **kwargs):
+        if not current_user.is_admin:
+            abort(403)
+        return view(*args, **kwargs)
+    return wrapper
 
 
 def enrolling_user() -> WebUser | None:

@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 from common import auth
 from common.models import AuditEvent, IpBan, User, WebSession
 from portal import create_app
+from portal.auth.current import admin_required
 from portal.auth.views import REFUSED
 from portal.sessions import token_hash
 from tests.factories import allow, enrol, with_user
@@ -251,3 +252,17 @@ def test_ended_sessions_are_pruned_and_live_ones_kept(client, account, services)
     assert session_row(services, ended) is None
     assert session_row(services, live) is not None
     assert client.get("/files/").status_code == 200
+
+
+def test_admin_pages_refuse_a_signed_in_user_who_is_not_an_admin(portal_app, client, account, make_user):
+    @admin_required
+    def probe():
+        return "admin page"
+
+    _, username = make_user(account)
+    client.sign_in(username, account.password)
+    with portal_app.test_request_context("/", headers={"Cookie": f"{COOKIE}={cookie_value(client)}"}):
+        portal_app.preprocess_request()
+        with pytest.raises(Exception) as refused:
+            probe()
+    assert getattr(refused.value, "code", None) == 403
