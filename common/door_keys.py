@@ -21,6 +21,9 @@ from common.auth.ssh_keys import fingerprint_of as ssh_fingerprint  # as `ssh-ke
 from common.models import DoorKey
 from common.services import Services
 
+__all__ = ["TLS_CERTIFICATE", "PublishedKey", "certificate_fingerprint", "publish", "published",
+           "ssh_fingerprint"]
+
 TLS_CERTIFICATE = "tls-certificate"  # the key_type of a door's TLS certificate
 
 

@@ -66,6 +66,11 @@ class SftpServer:
         if self._listener is not None:
             self._listener.close()
 
+    def transports(self) -> list[HardenedTransport]:
+        """The server transports of the sessions held now."""
+        with self._lock:
+            return [transport for _, transport in self._sessions.values() if transport is not None]
+
     def _accept_loop(self) -> None:
         while not self._stopping.is_set():
             try:
