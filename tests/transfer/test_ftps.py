@@ -1,6 +1,6 @@
 """The FTPS door over real FTPS: ftplib, curl and lftp against the in-process server.
 
-Each data-channel attack of SECURITY.md §2.1 is played against the server and must fail;
+Each known data-channel attack on FTP is played against the server and must fail;
 logins go through common.auth, so the lockout and allow-lists are the other doors' too.
 """
 from __future__ import annotations
@@ -387,7 +387,7 @@ def test_transfers_are_audited_with_protocol_ip_bytes_and_duration(ftps_server, 
         assert row.duration_ms is not None
 
 
-# -- data-channel attacks (SECURITY.md §2.1) -----------------------------------------------------------
+# -- data-channel attacks -----------------------------------------------------------------------------
 
 def test_prot_c_is_refused_and_a_clear_text_data_connection_stores_nothing(ftps_server, account, services):
     ftp = connect(ftps_server, account.admin_username, account.password)
@@ -831,7 +831,7 @@ def test_lftp_round_trip_listing_and_changes(ftps_server, account, test_env, tmp
 
 
 def rclone(server, account, *args, test_env, tmp_path):
-    """rclone with its default settings on an on-the-fly explicit-FTPS remote (CLIENTS.md)."""
+    """rclone with its default settings on an on-the-fly explicit-FTPS remote."""
     config = tmp_path / "rclone.conf"
     config.touch()
     obscured = run_client([tool("rclone"), "--config", str(config), "obscure", account.password],

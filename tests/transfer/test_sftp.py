@@ -747,7 +747,7 @@ def test_a_permission_refusal_is_audited_once(login, services, account):
     assert [(e.detail, e.status) for e in denied] == [("upload", "refused")]
 
 
-# -- issue 9: pre-auth parsing, failed downloads, windows and handles, refusals, logs -------------
+# -- pre-auth parsing, failed downloads, windows and handles, refusals, logs -------------
 
 def _server_side(server) -> paramiko.Transport:
     """The server transport of the one connection a private server holds."""
