@@ -1,14 +1,22 @@
-"""Share invitations: the mail that gives a contact the link to a folder shared with them."""
+"""Invitation mails: a contact's link to a folder shared with them, and a user's set-password
+link (an invitation to a new account, or a password reset).
+
+Each job makes its token when it runs, so no token ever waits in Redis or in clear in a table.
+"""
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 
 from rq import Retry
 
-from common import mail, sharing
+from common import accounts, mail, sharing
+from common.auth import password_links
 from common.jobs.registry import MAIL_QUEUE, enqueue_once, job, worker_services
-from common.models import Contact, Share
+from common.models import Contact, Share, User
 from common.services import Services
+
+log = logging.getLogger(__name__)
 
 
 def enqueue_share_invitation(services: Services, share_id: int) -> None:
@@ -36,4 +44,45 @@ def send_share_invitation(services: Services, share_id: int) -> bool:
         expires = datetime.now(timezone.utc) + sharing.LINK_LIFETIME
         message = mail.share_invitation(services.settings, email, token, share.permission, expires)
     mail.send(services.settings, message)
+    return True
+
+
+# -- set-password links ------------------------------------------------------------------------
+
+def enqueue_password_link(services: Services, user_id: int, purpose: str) -> None:
+    """Queue the mail with a user's set-password link: 'invite' (a new user) or 'reset' (an
+    admin's reset, which also ends every session of the user now, before the mail goes out)."""
+    if purpose not in password_links.PURPOSES:
+        raise ValueError(f"unknown password link purpose {purpose!r}")
+    if purpose == "reset":
+        with services.db.session() as session:
+            user = session.get(User, int(user_id), with_for_update=True)
+            if user is not None:
+                user.session_version += 1  # every web session ends; FTPS/SFTP need the new password
+    _enqueue_link_mail(services, int(user_id), purpose)
+
+
+def _enqueue_link_mail(services: Services, user_id: int, purpose: str) -> None:
+    # One waiting mail per user and purpose: a second request while it waits changes nothing,
+    # since the job makes its token (the newest, the only live one) when it runs.
+    enqueue_once(services, password_link, user_id, purpose, job_id=f"password-{purpose}-{user_id}")
+
+
+@job(MAIL_QUEUE, timeout=120, retry=Retry(max=5, interval=[30, 120, 600]))
+def password_link(user_id: int, purpose: str) -> bool:
+    return send_password_link(worker_services(), int(user_id), purpose)
+
+
+def send_password_link(services: Services, user_id: int, purpose: str) -> bool:
+    """Make a fresh set-password link for an active user and mail it to their address; the
+    token exists only in the mail. False (and no mail) for an unknown or disabled user."""
+    with services.db.session() as session:
+        user = session.get(User, user_id)
+        if user is None or user.status != "active":
+            return False
+        email = services.keyring.account(session, user.account_id).open_text(user.email_sealed, "email")
+        token = password_links.issue(session, services.keyring, user, purpose)
+    hours = int(password_links.LINK_LIFETIME.total_seconds() // 3600)
+    mail.send(services.settings, mail.password_link(services.settings, email, token, purpose, hours))
+    log.info("%s link mailed to user %s", purpose, user_id)
     return True
