@@ -59,7 +59,7 @@ def issue(session: Session, keyring: Keyring, user: User, purpose: str) -> str:
 
 def user_for(session: Session, token: str) -> User | None:
     """The user of a live link (unused, not expired, user active), or None."""
-    link = _live_link(session, token)
+    link = live_link(session, token)
     return session.get(User, link.user_id) if link is not None else None
 
 
@@ -67,7 +67,7 @@ def redeem(session: Session, keyring: Keyring, token: str, new_password: str, *,
            protocol: str = "web") -> User:
     """Set the user's password through a live link, once: the account's policy applies, every
     session of theirs ends and their other links die. A dead link raises DeadLink."""
-    link = _live_link(session, token, lock=True)
+    link = live_link(session, token, lock=True)
     if link is None:
         raise DeadLink()
     user = session.get(User, link.user_id)
@@ -87,7 +87,8 @@ def redeem(session: Session, keyring: Keyring, token: str, new_password: str, *,
     return user
 
 
-def _live_link(session: Session, token: str, *, lock: bool = False) -> PasswordLink | None:
+def live_link(session: Session, token: str, *, lock: bool = False) -> PasswordLink | None:
+    """The link of this token if it still works (unused, not expired, its user active)."""
     if not token or len(token) > MAX_TOKEN_LENGTH:
         return None
     query = (select(PasswordLink).join(User, User.id == PasswordLink.user_id).where(

@@ -9,14 +9,21 @@ import logging
 from datetime import datetime, timezone
 
 from rq import Retry
+from sqlalchemy import select
 
 from common import accounts, mail, sharing
-from common.auth import password_links
+from common.auth import address_group, password_links
 from common.jobs.registry import MAIL_QUEUE, enqueue_once, job, worker_services
 from common.models import Contact, Share, User
 from common.services import Services
 
 log = logging.getLogger(__name__)
+
+# "Forgot password" requests per user name and per client address (an IPv6 /64), each an hour.
+FORGOT_PER_NAME = 5
+FORGOT_PER_ADDRESS = 20
+FORGOT_WINDOW_SECONDS = 3600
+NOBODY = 0  # the user id of a reset request that must send nothing (no such user, over a limit)
 
 
 def enqueue_share_invitation(services: Services, share_id: int) -> None:
@@ -60,6 +67,30 @@ def enqueue_password_link(services: Services, user_id: int, purpose: str) -> Non
             if user is not None:
                 user.session_version += 1  # every web session ends; FTPS/SFTP need the new password
     _enqueue_link_mail(services, int(user_id), purpose)
+
+
+def request_password_reset(services: Services, username: str, ip: str | None) -> None:
+    """"Forgot password": queue a reset link for the user of this name, within the limits per
+    name and per address. The same work whether or not the name exists or a limit is passed
+    (one indexed lookup, two counters, one enqueue), and no session ends: only setting the
+    new password does that, so a stranger asking cannot sign anyone out."""
+    with services.db.session() as session:
+        index = accounts.username_index(services.keyring.service(session), username)
+        user_id = session.scalar(select(User.id).where(User.username_index == index))
+    within = _count_reset_request(services, index.hex(), address_group(ip) or "unknown")
+    _enqueue_link_mail(services, user_id if user_id is not None and within else NOBODY, "reset")
+
+
+def _count_reset_request(services: Services, name_key: str, address: str) -> bool:
+    """Count a request against its name's and its address's hourly limits; True if within both."""
+    # The name's key is its blind index (keyed), so Redis holds no user name.
+    keys = (f"forgot:name:{name_key}", f"forgot:addr:{address}")
+    pipe = services.redis.pipeline()
+    for key in keys:
+        pipe.incr(key)
+        pipe.expire(key, FORGOT_WINDOW_SECONDS, nx=True)
+    name_count, _, address_count, _ = pipe.execute()
+    return name_count <= FORGOT_PER_NAME and address_count <= FORGOT_PER_ADDRESS
 
 
 def _enqueue_link_mail(services: Services, user_id: int, purpose: str) -> None:
