@@ -13,10 +13,9 @@ from common.auth import set_policy
 from common.jobs.invitations import FORGOT_PER_ADDRESS, FORGOT_PER_NAME, enqueue_password_link
 from common.models import PasswordLink
 from common.passwords import verify_password
-from tests.common.test_password_links import LINK, run_link_job
 from tests.factories import with_account, with_user
 from tests.fixtures import STRONG_PASSWORD
-from tests.smtp import mailer, smtp_server  # noqa: F401  (fixtures)
+from tests.smtp import LINK, mailer, run_link_job, smtp_server  # noqa: F401  (fixtures)
 
 NEW_PASSWORD = "Lantern-Orchid-Basalt-77"
 DEAD = "This link no longer works"
