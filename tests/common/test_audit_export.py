@@ -34,7 +34,18 @@ from tests.test_foundation import flask_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INJECTION = "=cmd|' /C calc'!A0.txt"
-DAY = date(2026, 3, 14)
+# Days ahead of the real one: the account's own creation events stay before them, so the
+# chain's times run forward as in service.
+DAY = date.today() + timedelta(days=40)
+
+
+def at(day_offset: int, *hms) -> datetime:
+    return datetime.combine(DAY + timedelta(days=day_offset), datetime.min.time(), tzinfo=timezone.utc).replace(
+        **dict(zip(("hour", "minute", "second", "microsecond"), hms)))
+
+
+def iso(day: date) -> str:
+    return day.isoformat()
 
 
 class _Clock:
@@ -78,53 +89,59 @@ def day_events(services, account, clock):
     """Events before, on and after DAY (the export must keep only DAY's)."""
     ws = admin_workspace(services, account, door="sftp")
     ws = Workspace(services, dataclasses.replace(ws.me, ip="203.0.113.7"))
-    clock.at = datetime(2026, 3, 13, 23, 59, 59, tzinfo=timezone.utc)
+    clock.at = at(-1, 23, 59, 59)
     record(services, account, "login", at=clock.at, ip="203.0.113.7")
-    clock.at = datetime(2026, 3, 14, 0, 0, 0, 500000, tzinfo=timezone.utc)
+    clock.at = at(0, 0, 0, 0, 500000)
     record(services, account, "login", ip="203.0.113.7", at=clock.at)
     record(services, account, "login_failed", ip="::ffff:198.51.100.2", status="failed", at=clock.at)
-    clock.at = datetime(2026, 3, 14, 12, 30, tzinfo=timezone.utc)
+    clock.at = at(0, 12, 30)
+    ws.make_dir("/" + INJECTION.split("/")[0])  # the name holds a slash: a folder, then the file
     upload(ws, "/" + INJECTION, b"x" * 1000)
     download(ws, "/" + INJECTION)
     ws.rename("/" + INJECTION, "/@SUM(1+1)")
-    clock.at = datetime(2026, 3, 14, 23, 59, 59, 999000, tzinfo=timezone.utc)
+    record(services, account, "denied", ip="203.0.113.7", status="refused", detail=INJECTION, at=clock.at)
+    clock.at = at(0, 23, 59, 59, 999000)
     record(services, account, "logout", ip="203.0.113.7", detail="-2+3", at=clock.at)
-    clock.at = datetime(2026, 3, 15, 0, 0, tzinfo=timezone.utc)
+    clock.at = at(1, 0, 0)
     record(services, account, "login", ip="203.0.113.7", at=clock.at)
     clock.at = None
 
 
 def test_a_day_is_exported_to_csv_and_xlsx_with_only_its_events(services, account, clock, test_env):
     day_events(services, account, clock)
+    clock.at = at(1, 0, 5)  # the nightly run: its own events belong to the next day
     result = export_day(services, account.id, DAY)
-    assert result.paths == ("/Audit Logs/2026/audit-2026-03-14.csv", "/Audit Logs/2026/audit-2026-03-14.xlsx")
-    assert result.events == 6
+    folder = f"/Audit Logs/{DAY:%Y}/audit-{iso(DAY)}"
+    assert result.paths == (folder + ".csv", folder + ".xlsx")
+    assert result.events == 8
 
     rows = csv_rows(system_read(services, account.id, result.paths[0]))
     assert tuple(rows[0]) == COLUMNS
     events, last = rows[1:-1], rows[-1]
-    assert [r[4] for r in events] == ["login", "login_failed", "upload", "download", "rename", "logout"]
-    assert events[0][0] == "2026-03-14T00:00:00.500Z" and events[-1][0] == "2026-03-14T23:59:59.999Z"
-    assert [r[2] for r in events] == ["203.0.113.7", "198.51.100.2", *["203.0.113.7"] * 4]
-    assert events[2][3:7] == ["sftp", "upload", "in", "/" + INJECTION] and events[2][7] == "1000"
-    assert events[3][5] == "out"
-    assert events[4][6] == f"/{INJECTION} -> /@SUM(1+1)"
-    assert events[5][10] == "'-2+3"  # a formula start is neutralised
+    assert [r[4] for r in events] == ["login", "login_failed", "mkdir", "upload", "download", "rename",
+                                      "denied", "logout"]
+    assert events[0][0] == f"{iso(DAY)}T00:00:00.500Z" and events[-1][0] == f"{iso(DAY)}T23:59:59.999Z"
+    assert [r[2] for r in events] == ["203.0.113.7", "198.51.100.2", *["203.0.113.7"] * 6]  # no port
+    assert events[3][3:8] == ["sftp", "upload", "in", "/" + INJECTION, "1000"]
+    assert events[4][5] == "out" and events[4][7] == "1000"
+    assert events[5][6] == f"/{INJECTION} -> /@SUM(1+1)"
+    assert events[6][10] == "'" + INJECTION and events[7][10] == "'-2+3"  # formula starts neutralised
     assert last[4] == "chain_head" and bytes.fromhex(last[10]) == result.chain_head
 
     book = openpyxl.load_workbook(io.BytesIO(system_read(services, account.id, result.paths[1])))
     sheet = book["Events"]
     values = list(sheet.iter_rows(values_only=True))
-    assert values[0] == COLUMNS and len(values) == 7
-    assert sheet.freeze_panes == "A2" and sheet.auto_filter.ref == "A1:K7"
-    assert sheet["A2"].is_date and sheet["A2"].value == datetime(2026, 3, 14, 0, 0, 0, 500000)
-    assert values[3][6] == "/" + INJECTION and sheet["G4"].data_type == "s"
-    assert values[6][10] == "-2+3" and sheet["K7"].data_type == "s"
+    assert values[0] == COLUMNS and len(values) == 9
+    assert sheet.freeze_panes == "A2" and sheet.auto_filter.ref == "A1:K9"
+    assert sheet["A2"].is_date and sheet["A2"].value == at(0, 0, 0, 0, 500000).replace(tzinfo=None)
+    assert values[4][6] == "/" + INJECTION and sheet["G5"].data_type == "s"
+    assert values[7][10] == INJECTION and sheet["K8"].data_type == "s"  # text, shown as typed
+    assert values[8][10] == "-2+3" and sheet["K9"].data_type == "s"
     summary = {row[0]: row for row in book["Summary"].iter_rows(values_only=True) if row[0]}
     assert summary[account.admin_username][1:] == (1, 1, 1, 1, 1000, 1000)
-    assert summary["chain_head"][1] == result.chain_head.hex()
+    assert summary["events"][1] == 8 and summary["chain_head"][1] == result.chain_head.hex()
 
-    verified = flask_cli(test_env, "audit", "verify", account.name, "--until", "2026-03-14")
+    verified = flask_cli(test_env, "audit", "verify", account.name, "--until", iso(DAY))
     assert verified.returncode == 0, verified.stderr
     assert f"head {result.chain_head.hex()}" in verified.stdout
     with services.db.session() as session:
@@ -140,10 +157,13 @@ def test_no_cell_is_a_formula_in_the_xlsx(services, account, clock):
     assert not any(b"hyperlink" in sheet.lower() for sheet in sheets)
 
 
-def test_an_empty_day_gets_both_files_and_carries_the_head_over(services, account):
+def test_an_empty_day_gets_both_files_and_carries_the_head_over(services, account, clock):
+    clock.at = at(0, 9, 0)
+    record(services, account, "login", ip="203.0.113.7", at=clock.at)
     with services.db.session() as session:
         head = session.get(Account, account.id).audit_head
-    result = export_day(services, account.id, date.today() + timedelta(days=3))
+    clock.at = at(2, 0, 5)  # the export runs two days on: the day between is empty
+    result = export_day(services, account.id, DAY + timedelta(days=1))
     assert result.events == 0 and result.chain_head == head
     rows = csv_rows(system_read(services, account.id, result.paths[0]))
     assert tuple(rows[0]) == COLUMNS and len(rows) == 2 and rows[1][10] == head.hex()
@@ -156,19 +176,19 @@ def test_an_empty_day_gets_both_files_and_carries_the_head_over(services, accoun
 def test_a_rerun_replaces_the_days_files(services, account, clock, test_env):
     day_events(services, account, clock)
     first = export_day(services, account.id, DAY)
-    clock.at = datetime(2026, 3, 14, 18, 0, tzinfo=timezone.utc)  # a late arrival in that day
+    clock.at = at(0, 18, 0)  # a late arrival in that day
     record(services, account, "download", ip="203.0.113.9", direction="out", bytes=5, at=clock.at)
     clock.at = None
-    printed = flask_cli(test_env, "audit", "export", account.name, "--date", "2026-03-14")
+    printed = flask_cli(test_env, "audit", "export", account.name, "--date", iso(DAY))
     assert printed.returncode == 0, printed.stderr
     assert printed.stdout.splitlines()[:2] == list(first.paths)
-    listing = Workspace(services, Principal.system(account.id)).list_dir("/Audit Logs/2026")
-    assert sorted(e.name for e in listing) == ["audit-2026-03-14.csv", "audit-2026-03-14.xlsx"]
+    listing = Workspace(services, Principal.system(account.id)).list_dir(f"/Audit Logs/{DAY:%Y}")
+    assert sorted(e.name for e in listing) == [f"audit-{iso(DAY)}.csv", f"audit-{iso(DAY)}.xlsx"]
     rows = csv_rows(system_read(services, account.id, first.paths[0]))
-    assert len(rows) == 1 + 7 + 1 and "203.0.113.9" in [r[2] for r in rows]
+    assert len(rows) == 1 + 9 + 1 and "203.0.113.9" in [r[2] for r in rows]
     with services.db.session() as session:
         exports = session.scalars(select(AuditExport).where(AuditExport.account_id == account.id)).all()
-        assert [(e.day, e.events) for e in exports] == [(DAY, 7)]
+        assert [(e.day, e.events) for e in exports] == [(DAY, 9)]
         assert exports[0].chain_head != first.chain_head
 
 
@@ -302,13 +322,16 @@ def test_the_real_clock_enqueues_the_fan_out(fresh, test_env):
     clock = subprocess.Popen([str(Path(sys.executable).with_name("rq")), "cron", "common/jobs/schedules.py"],
                              cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        def fan_out_job():
+        found = []
+
+        def fan_out_queued():
             for job_id in set(default.get_job_ids()) - before:
                 job = Job.fetch(job_id, connection=fresh.redis)
                 if job.func_name == "common.jobs.audit_exports.export_fan_out":
-                    return job
-            return None
-        job = wait_for(fan_out_job, timeout=90, step=0.2)
+                    found.append(job)
+            return found
+        wait_for(fan_out_queued, timeout=90, step=0.2)
+        job = found[0]
         assert job.origin == MAINTENANCE_QUEUE and job.args == ()
     finally:
         clock.terminate()
