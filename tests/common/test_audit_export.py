@@ -30,7 +30,6 @@ from common.services import Services
 from common.vfs import Principal, Workspace
 from tests.factories import admin_workspace, download, upload, wait_for
 from tests.plaintext import Scanner, file_blocks, needles_for
-from tests.test_foundation import flask_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INJECTION = "=cmd|' /C calc'!A0.txt"
@@ -68,6 +67,12 @@ def clock(monkeypatch):
 
     monkeypatch.setattr(common.audit, "datetime", ClockedDatetime)
     return moment
+
+
+def flask(env: dict, *args: str) -> subprocess.CompletedProcess:
+    """The operator CLI as an operator runs it."""
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "portal", *args], cwd=REPO_ROOT,
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
 
 
 def record(services, account, action, *, at, **fields):
@@ -141,7 +146,7 @@ def test_a_day_is_exported_to_csv_and_xlsx_with_only_its_events(services, accoun
     assert summary[account.admin_username][1:] == (1, 1, 1, 1, 1000, 1000)
     assert summary["events"][1] == 8 and summary["chain_head"][1] == result.chain_head.hex()
 
-    verified = flask_cli(test_env, "audit", "verify", account.name, "--until", iso(DAY))
+    verified = flask(test_env, "audit", "verify", account.name, "--until", iso(DAY))
     assert verified.returncode == 0, verified.stderr
     assert f"head {result.chain_head.hex()}" in verified.stdout
     with services.db.session() as session:
@@ -179,7 +184,7 @@ def test_a_rerun_replaces_the_days_files(services, account, clock, test_env):
     clock.at = at(0, 18, 0)  # a late arrival in that day
     record(services, account, "download", ip="203.0.113.9", direction="out", bytes=5, at=clock.at)
     clock.at = None
-    printed = flask_cli(test_env, "audit", "export", account.name, "--date", iso(DAY))
+    printed = flask(test_env, "audit", "export", account.name, "--date", iso(DAY))
     assert printed.returncode == 0, printed.stderr
     assert printed.stdout.splitlines()[:2] == list(first.paths)
     listing = Workspace(services, Principal.system(account.id)).list_dir(f"/Audit Logs/{DAY:%Y}")
@@ -410,7 +415,7 @@ def test_every_door_is_exported_and_read_back_over_sftp(request, services, accou
         assert session.scalars(select(AuditExport.events).where(AuditExport.account_id == account.id)).all() == [
             len(expected)]
     summary = {row[0]: row[1] for row in book["Summary"].iter_rows(values_only=True) if row[0]}
-    verified = flask_cli(test_env, "audit", "verify", account.name, "--until", today.isoformat())
+    verified = flask(test_env, "audit", "verify", account.name, "--until", today.isoformat())
     assert verified.returncode == 0, verified.stderr
     assert f"{len(expected)} events, head {summary['chain_head']}." in verified.stdout
     assert bytes.fromhex(rows[-1][10]) == first.chain_head
