@@ -10,15 +10,19 @@ import hashlib
 import secrets
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import select
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from common import accounts, audit, paths
+from common.auth.admin import audit_change
 from common.crypto import Keyring
-from common.errors import InvalidInput, NotFound, PermissionDenied
+from common.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
 from common.models import PERMISSIONS, Account, Contact, Node, Share, ShareLink, User
 
 LINK_LIFETIME = timedelta(days=30)
+CONTACT_NAME_MAX = 200
 
 
 def find_folder(session: Session, keyring: Keyring, owner: User, folder_path: str) -> Node:
@@ -89,6 +93,86 @@ def contact_for_email(session: Session, keyring: Keyring, account: Account, emai
         session.add(contact)
         session.flush()
     return contact
+
+
+@dataclass(frozen=True)
+class ContactInfo:
+    """A contact as the portal lists it, opened; `shares` counts the folders shared with them."""
+
+    id: int
+    email: str
+    name: str | None
+    shares: int
+    created_at: datetime
+
+
+def list_contacts(session: Session, keyring: Keyring, account: Account) -> list[ContactInfo]:
+    """The account's contacts (former users among them), by name then email, opened."""
+    keys = keyring.account(session, account.id)
+    shares = dict(session.execute(select(Share.grantee_contact_id, func.count()).where(
+        Share.account_id == account.id, Share.grantee_contact_id.is_not(None)).group_by(Share.grantee_contact_id)).all())
+    found = [ContactInfo(row.id, keys.open_text(row.email_sealed, "email"),
+                         keys.open_text(row.name_sealed, "contact-name") if row.name_sealed else None,
+                         shares.get(row.id, 0), row.created_at)
+             for row in session.scalars(select(Contact).where(Contact.account_id == account.id))]
+    return sorted(found, key=lambda c: ((c.name or c.email).casefold(), c.email.casefold(), c.id))
+
+
+def find_contact(session: Session, account: Account, contact_id: int) -> Contact:
+    """The account's contact with this id; another account's is NotFound."""
+    contact = session.get(Contact, contact_id)
+    if contact is None or contact.account_id != account.id:
+        raise NotFound("No such contact.")
+    return contact
+
+
+def add_contact(session: Session, keyring: Keyring, account: Account, *, email: str, name: str | None,
+                actor: accounts.Actor = accounts.SYSTEM) -> Contact:
+    """Add a contact (an email and an optional name); an email already listed is AlreadyExists. Audited."""
+    keys = keyring.account(session, account.id)
+    index = accounts.email_index(keys, email)
+    if session.scalar(select(Contact.id).where(Contact.account_id == account.id, Contact.email_index == index)):
+        raise AlreadyExists("A contact with this email already exists.")
+    contact = Contact(account_id=account.id, email_sealed=keys.seal_text(email.strip(), "email"),
+                      email_index=index, name_sealed=_sealed_name(keys, name))
+    session.add(contact)
+    session.flush()
+    audit_change(session, keyring, actor, account.id, f"contact {contact.id} added")
+    return contact
+
+
+def update_contact(session: Session, keyring: Keyring, account: Account, contact: Contact, *, email: str,
+                   name: str | None, actor: accounts.Actor = accounts.SYSTEM) -> None:
+    """Change a contact's email and name; another contact's email is AlreadyExists. Audited."""
+    if contact.account_id != account.id:
+        raise NotFound("No such contact.")
+    keys = keyring.account(session, account.id)
+    index = accounts.email_index(keys, email)
+    if session.scalar(select(Contact.id).where(Contact.account_id == account.id, Contact.email_index == index,
+                                               Contact.id != contact.id)):
+        raise AlreadyExists("Another contact has this email.")
+    contact.email_sealed, contact.email_index = keys.seal_text(email.strip(), "email"), index
+    contact.name_sealed = _sealed_name(keys, name)
+    session.flush()
+    audit_change(session, keyring, actor, account.id, f"contact {contact.id} changed")
+
+
+def delete_contact(session: Session, keyring: Keyring, account: Account, contact: Contact, *,
+                   actor: accounts.Actor = accounts.SYSTEM) -> None:
+    """Delete a contact with the shares made with them and those shares' links. Audited."""
+    if contact.account_id != account.id:
+        raise NotFound("No such contact.")
+    contact_id = contact.id
+    session.delete(contact)  # cascades: the shares with them, and their links
+    session.flush()
+    audit_change(session, keyring, actor, account.id, f"contact {contact_id} deleted")
+
+
+def _sealed_name(keys, name: str | None) -> bytes | None:
+    name = (name or "").strip()
+    if len(name) > CONTACT_NAME_MAX:
+        raise InvalidInput(f"A name has at most {CONTACT_NAME_MAX} characters.")
+    return keys.seal_text(name, "contact-name") if name else None
 
 
 def create_link(session: Session, share: Share, *, created_by_id: int | None = None,
