@@ -2,7 +2,9 @@
 
 Sending is always a job (common.jobs), never inline in a request. Messages name things by id
 and link to the portal (built from PUBLIC_URL, never from a request's host); they carry no
-file or folder name, no path and no content.
+file or folder name, no path and no content. Each is rendered from `templates/email/<name>.txt`
+and `.html` (jinja2 directly: the HTML environment autoescapes, the text one cannot, so text
+templates get no user-typed value).
 """
 from __future__ import annotations
 
@@ -18,12 +20,18 @@ from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
 from common.config import Settings
 from common.errors import ConfigError, SealdropError
 
 log = logging.getLogger(__name__)
 
 SMTP_TIMEOUT = 30
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates" / "email"
+_TEXT = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=False, undefined=StrictUndefined,
+                    keep_trailing_newline=True)
+_HTML = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined)
 
 
 class MailNotSent(SealdropError):
@@ -38,6 +46,7 @@ class Message:
     to: tuple[str, ...]
     subject: str
     body: str
+    html: str | None = None  # the same words as `body`, as the HTML alternative
 
 
 @dataclass(frozen=True)
@@ -82,7 +91,15 @@ def build(settings: Settings, message: Message) -> EmailMessage:
     email["Date"] = format_datetime(datetime.now(timezone.utc))
     email["Message-ID"] = make_msgid(domain=settings.mail_from.rpartition("@")[2] or None)
     email.set_content(message.body)
+    if message.html is not None:
+        email.add_alternative(message.html, subtype="html")
     return email
+
+
+def render(to: tuple[str, ...], subject: str, template: str, **context) -> Message:
+    """A message whose text and HTML parts come from templates/email/<template>.txt and .html."""
+    return Message(to=to, subject=subject, body=_TEXT.get_template(f"{template}.txt").render(context),
+                   html=_HTML.get_template(f"{template}.html").render(context))
 
 
 def _send_smtp(server: SmtpServer, email: EmailMessage) -> None:
@@ -136,34 +153,25 @@ def write_eml(folder: Path, email: EmailMessage) -> Path:
 
 def integrity_alert(settings: Settings, account_id: int, recipients: list[str]) -> Message:
     """The admins' alert after a failed integrity check: what happened and what to do."""
-    body = (
-        f"Sealdrop detected a failed integrity check on a file in your account "
-        f"(account id {account_id}).\n\n"
-        "What happened: a stored file did not match the fingerprints (SHA-256 and MD5) or the\n"
-        "encryption tags recorded when it was uploaded. Any transfer of it was stopped before\n"
-        "unverified data was delivered, and the event was recorded in your audit log as\n"
-        "'integrity_failure'.\n\n"
-        "What to do:\n"
-        f"1. Sign in to the portal at {settings.public_url}/ and open the audit log;\n"
-        "   filter on the action 'integrity_failure' to see which file and when.\n"
-        "2. Upload the file again from your own copy, or ask its sender to upload it again.\n"
-        "3. Do not rely on earlier downloads of that file that did not complete.\n"
-        f"4. If this repeats, contact Sealdrop support and quote account id {account_id}.\n\n"
-        "This message names no file on purpose: file names stay encrypted and never leave\n"
-        "the service by mail.\n"
-    )
-    return Message(to=tuple(recipients), subject="Sealdrop: a file failed its integrity check",
-                   body=body)
+    return render(tuple(recipients), "Sealdrop: a file failed its integrity check", "integrity_alert",
+                  public_url=settings.public_url, account_id=int(account_id))
 
 
 def share_invitation(settings: Settings, recipient: str, token: str, permission: str,
                      expires: datetime) -> Message:
     """The invitation a contact receives with the link to a folder shared with them."""
     access = "download its files" if permission == "read" else "download files and upload new ones"
-    body = (
-        "A folder has been shared with you on Sealdrop, a secure file-transfer service.\n\n"
-        f"Open it here (you can {access}):\n\n    {settings.public_url}/s/{token}\n\n"
-        f"The link works until {expires:%Y-%m-%d %H:%M} UTC. Anyone holding it can use it, so\n"
-        "do not forward this message. If you did not expect it, you can ignore it.\n"
-    )
-    return Message(to=(recipient,), subject="A folder has been shared with you", body=body)
+    return render((recipient,), "A folder has been shared with you", "share_invitation",
+                  link=f"{settings.public_url}/s/{token}", access=access,
+                  expires=f"{expires:%Y-%m-%d %H:%M}")
+
+
+PASSWORD_SUBJECTS = {"invite": "Your Sealdrop account: choose your password",
+                     "reset": "Sealdrop: reset your password"}
+
+
+def password_link(settings: Settings, recipient: str, token: str, purpose: str, hours: int) -> Message:
+    """An invitation ('invite') or a reset ('reset') with the link to the set-password page."""
+    return render((recipient,), PASSWORD_SUBJECTS[purpose], f"password_{purpose}",
+                  link=f"{settings.public_url}/password/{token}", hours=int(hours),
+                  sign_in=f"{settings.public_url}/signin")

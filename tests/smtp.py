@@ -1,16 +1,24 @@
-"""A small real SMTP server for mail tests (STARTTLS with a throwaway certificate, AUTH PLAIN)."""
+"""Real SMTP servers for mail tests: a small hand-written one (STARTTLS with a throwaway
+certificate, AUTH PLAIN, one connection) and aiosmtpd's (any number of messages)."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import email
 import ipaddress
 import socket
 import ssl
 import threading
+from email import policy
 
+import pytest
+from aiosmtpd.controller import Controller
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from common.services import Services
 
 
 class TinySmtp:
@@ -86,3 +94,43 @@ def self_signed(tmp_path):
     key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return cert_file, key_file
+
+
+class AioSmtp(Controller):
+    """aiosmtpd on a free port of 127.0.0.1, requiring STARTTLS; keeps every message it accepts."""
+
+    def __init__(self, context: ssl.SSLContext):
+        # Bound here and handed to asyncio, so no other process can take the port meanwhile.
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.messages: list[tuple[list[str], email.message.EmailMessage]] = []
+        super().__init__(self, hostname="127.0.0.1", port=self.listener.getsockname()[1],
+                         tls_context=context, require_starttls=True)
+
+    def _create_server(self):
+        return self.loop.create_server(self._factory_invoker, sock=self.listener)
+
+    async def handle_DATA(self, server, session, envelope):  # aiosmtpd's handler hook
+        self.messages.append((list(envelope.rcpt_tos),
+                              email.message_from_bytes(envelope.original_content, policy=policy.default)))
+        return "250 Message accepted for delivery"
+
+
+@pytest.fixture
+def smtp_server(tmp_path, monkeypatch):
+    """A real SMTP server (aiosmtpd, STARTTLS) whose certificate our client trusts."""
+    cert_file, key_file = self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))  # trust our test CA, verification stays on
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    server = AioSmtp(context)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mailer(services, smtp_server):
+    """The shared services, but sending mail by SMTP to `smtp_server` (as a worker would)."""
+    svc = Services(dataclasses.replace(services.settings, smtp_url=f"smtp://127.0.0.1:{smtp_server.port}"))
+    yield svc
+    svc.close()

@@ -19,6 +19,15 @@ class PasswordChangeForm(FlaskForm):
     submit = SubmitField("Change my password")
 
 
+def describe_password_rules(rules: dict) -> list[str]:
+    """The account's password rules (accounts.password_rules) as sentences for a password form."""
+    shown = [f"At least {max(rules.get('min_length', 0), 8)} characters."]
+    shown += [text for key, text in (("upper", "An upper-case letter."), ("lower", "A lower-case letter."),
+                                     ("digit", "A digit."), ("symbol", "A character that is not a letter or digit."))
+              if rules.get(key)]
+    return shown + ["Not common or easy to guess: a few unrelated words make a strong password."]
+
+
 class CodeForm(FlaskForm):
     code = StringField("6-digit code from your authenticator app", validators=[DataRequired(), Length(max=16)],
                        render_kw={"autocomplete": "one-time-code", "inputmode": "numeric"})

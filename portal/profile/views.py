@@ -25,7 +25,9 @@ from common.errors import AlreadyExists, InvalidInput, PermissionDenied
 from common.models import Account, DoorKey, PasswordPolicy, User
 from portal import sessions
 from portal.auth.current import PROTOCOL, enrolling_user, services
-from portal.profile.forms import AppPasswordForm, ButtonForm, CodeForm, PasswordChangeForm, SshKeyForm
+from portal.profile.forms import (
+    AppPasswordForm, ButtonForm, CodeForm, PasswordChangeForm, SshKeyForm, describe_password_rules,
+)
 from portal.security import client_address
 
 bp = Blueprint("profile", __name__, url_prefix="/profile")
@@ -131,12 +133,7 @@ def password():
 def _password_rules() -> list[str]:
     def rules(db, user, actor):
         return accounts.password_rules(db, db.get(Account, user.account_id))
-    found = _as_me(rules)
-    shown = [f"At least {max(found.get('min_length', 0), 8)} characters."]
-    shown += [text for key, text in (("upper", "An upper-case letter."), ("lower", "A lower-case letter."),
-                                     ("digit", "A digit."), ("symbol", "A character that is not a letter or digit."))
-              if found.get(key)]
-    return shown + ["Not common or easy to guess: a few unrelated words make a strong password."]
+    return describe_password_rules(_as_me(rules))
 
 
 # -- MFA ------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ def test_integrity_alert_mails_every_admin_without_file_names(fresh_settings, op
     assert send_integrity_alert(svc, account_id) == 1
     [message] = read_mails(folder)
     assert message["To"] == f"{admin}@example.test"
-    body = message.get_content()
+    body = message.get_body(("plain",)).get_content()
     assert f"account id {account_id}" in body and svc.settings.public_url in body
     assert "integrity_failure" in body and "Upload the file again" in body
     assert "Secret" not in body and "plans" not in body and "Secret" not in message["Subject"]
