@@ -202,7 +202,8 @@ def set_enabled(session: Session, keyring: Keyring, account: Account, user: User
         user.session_version += 1
     user.status = status
     session.flush()
-    audit.record(session, keyring, _admin_event(actor, account.id, f"user {user.id} {'enabled' if enabled else 'disabled'}"))
+    detail = f"user {user.id} {'enabled' if enabled else 'disabled'}"
+    audit.record(session, keyring, _admin_event(actor, account.id, detail))
 
 
 def _check_member(account: Account, user: User) -> None:

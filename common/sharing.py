@@ -110,7 +110,8 @@ def list_contacts(session: Session, keyring: Keyring, account: Account) -> list[
     """The account's contacts (former users among them), by name then email, opened."""
     keys = keyring.account(session, account.id)
     shares = dict(session.execute(select(Share.grantee_contact_id, func.count()).where(
-        Share.account_id == account.id, Share.grantee_contact_id.is_not(None)).group_by(Share.grantee_contact_id)).all())
+        Share.account_id == account.id, Share.grantee_contact_id.is_not(None))
+        .group_by(Share.grantee_contact_id)).all())
     found = [ContactInfo(row.id, keys.open_text(row.email_sealed, "email"),
                          keys.open_text(row.name_sealed, "contact-name") if row.name_sealed else None,
                          shares.get(row.id, 0), row.created_at)
@@ -131,7 +132,8 @@ def add_contact(session: Session, keyring: Keyring, account: Account, *, email: 
     """Add a contact (an email and an optional name); an email already listed is AlreadyExists. Audited."""
     keys = keyring.account(session, account.id)
     index = accounts.email_index(keys, email)
-    if session.scalar(select(Contact.id).where(Contact.account_id == account.id, Contact.email_index == index)):
+    if session.scalar(select(Contact.id).where(Contact.account_id == account.id,
+                                               Contact.email_index == index)):
         raise AlreadyExists("A contact with this email already exists.")
     contact = Contact(account_id=account.id, email_sealed=keys.seal_text(email.strip(), "email"),
                       email_index=index, name_sealed=_sealed_name(keys, name))

@@ -22,16 +22,19 @@ def checked_by(check):
 
 
 class UserCreateForm(FlaskForm):
-    username = StringField("User name (their login on every door)", validators=[DataRequired(), checked_by(paths.validate_username)],
+    username = StringField("User name (their login on every door)",
+                           validators=[DataRequired(), checked_by(paths.validate_username)],
                            render_kw={"autocomplete": "off", "spellcheck": "false"})
-    email = StringField("Email (the invitation goes there)", validators=[DataRequired(), Length(max=MAX_EMAIL_CHARS), checked_by(paths.normalise_email)],
+    email = StringField("Email (the invitation goes there)",
+                        validators=[DataRequired(), Length(max=MAX_EMAIL_CHARS), checked_by(paths.normalise_email)],
                         render_kw={"autocomplete": "off", "type": "email"})
     role = SelectField("Role", choices=ROLE_CHOICES, default="user")
     submit = SubmitField("Create and invite")
 
 
 class UserEditForm(FlaskForm):
-    email = StringField("Email", validators=[DataRequired(), Length(max=MAX_EMAIL_CHARS), checked_by(paths.normalise_email)],
+    email = StringField("Email",
+                        validators=[DataRequired(), Length(max=MAX_EMAIL_CHARS), checked_by(paths.normalise_email)],
                         render_kw={"autocomplete": "off", "type": "email"})
     role = SelectField("Role", choices=ROLE_CHOICES)
     submit = SubmitField("Save")

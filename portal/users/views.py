@@ -11,6 +11,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 
 from common import accounts, auth, directory
 from common.auth import totp
+from common.auth.admin import audit_change
 from common.errors import AlreadyExists, InvalidInput, PermissionDenied, TierRequired
 from common.jobs import invitations
 from common.jobs.purge import enqueue_purge
@@ -136,7 +137,8 @@ def enable(user_id: int):
 def reset_password(user_id: int):
     if not ButtonForm().validate_on_submit():
         abort(400)
-    _on_user(user_id, lambda db, account, user, actor: None)  # a user of my account, or a 404
+    _on_user(user_id, lambda db, account, user, actor: audit_change(  # a user of my account, or a 404
+        db, keyring(), actor, account.id, f"user {user.id} sent a password reset link"))
     invitations.enqueue_password_link(services(), user_id, "reset")
     flash("A password reset link is on its way to the user's email; their sessions are ended.", "success")
     return _back_to(user_id)
