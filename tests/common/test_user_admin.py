@@ -10,32 +10,19 @@ from sqlalchemy import select, text
 from common import accounts, auth, directory, sharing
 from common.auth import totp
 from common.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
-from common.models import Account, AuditEvent, Contact, RecoveryCode, Share, User
+from common.models import Account, Contact, RecoveryCode, Share, User
 from common.vfs import Workspace
 from tests.factories import (
     enrol, login, principal, refused, require_mfa, share, upload, wait_for, with_account, with_user,
 )
 from tests.fixtures import STRONG_PASSWORD, unique_name
+from tests.portal.admin_pages import admin_details, user_row as row
 
 
 def on_user(services, account_id, user_id, change):
     """Run change(session, account, user) in one transaction."""
     with services.db.session() as session:
         return change(session, session.get(Account, account_id), session.get(User, user_id))
-
-
-def admin_details(services, account_id) -> list[str]:
-    with services.db.session() as session:
-        return list(session.scalars(select(AuditEvent.detail).where(
-            AuditEvent.account_id == account_id, AuditEvent.action == "admin_change").order_by(AuditEvent.seq)))
-
-
-def row(services, user_id) -> User | None:
-    with services.db.session() as session:
-        found = session.get(User, user_id)
-        if found is not None:
-            session.expunge(found)
-        return found
 
 
 # -- invited users: no password ------------------------------------------------------------------

@@ -7,9 +7,8 @@ from sqlalchemy import select
 from common import sharing
 from common.models import Contact, Share
 from common.vfs import Workspace
-from tests.common.test_user_admin import admin_details
 from tests.factories import principal, share, with_account
-from tests.portal.test_profile import new_client, text_of
+from tests.portal.admin_pages import admin_details, signed_in_as, text_of
 
 
 def add(services, account_id, email, name=None) -> int:
@@ -30,7 +29,7 @@ PAGES = ["/contacts/", "/contacts/new", "/contacts/{id}/edit", "/contacts/{id}/d
 def test_a_plain_user_is_refused(signed_in, portal_app, make_user, services, method, url):
     contact_id = add(services, signed_in.account.id, "kept@example.test", "Kept")
     _, name = make_user(signed_in.account)
-    plain = new_client(portal_app, name)
+    plain = signed_in_as(portal_app, name)
     url = url.format(id=contact_id)
     response = plain.get(url) if method == "get" else plain.submit(
         url, {"email": "x@example.test", "name": "X"}, form_page="/profile/")

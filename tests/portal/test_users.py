@@ -14,12 +14,11 @@ from common import auth
 from common.jobs.invitations import send_password_link
 from common.models import Contact, IpRule, RecoveryCode, SshKey, User
 from common.vfs import Workspace
-from tests.common.test_user_admin import admin_details, row as user_row
 from tests.factories import (
     allow, enrol, login, new_ed25519_line, principal, refused, require_mfa, share, upload, with_user,
 )
 from tests.fixtures import STRONG_PASSWORD, unique_name
-from tests.portal.test_profile import new_client, text_of
+from tests.portal.admin_pages import admin_details, signed_in_as, text_of, user_row
 from tests.smtp import mailer, smtp_server  # noqa: F401  (fixtures)
 from tests.transfer.ftps_door import connect as ftps_connect, quit_quietly
 from tests.transfer.sftp_door import SftpStatus, connect as sftp_connect
@@ -57,7 +56,7 @@ ACTIONS = ["/users/new", "/users/{id}/edit", "/users/{id}/disable", "/users/{id}
 @pytest.mark.parametrize("method,url", [("get", url) for url in PAGES] + [("post", url) for url in ACTIONS])
 def test_a_plain_user_is_refused(signed_in, portal_app, make_user, services, method, url):
     user_id, name = make_user(signed_in.account)
-    plain = new_client(portal_app, name)
+    plain = signed_in_as(portal_app, name)
     response = plain.get(url.format(id=user_id)) if method == "get" else plain.submit(
         url.format(id=user_id), {"exempt": "on", "role": "admin", "email": "x@example.test"}, form_page="/profile/")
     assert response.status_code == 403
@@ -237,7 +236,7 @@ def test_disabling_ends_open_web_ftps_and_sftp_sessions_and_refuses_new_ones(
         signed_in, services, portal_app, make_user, ftps_server, sftp_server):
     user_id, name = make_user(signed_in.account)
     upload(Workspace(services, principal(signed_in.account, user_id, name)), "/before.txt", b"before")
-    web = new_client(portal_app, name)
+    web = signed_in_as(portal_app, name)
     ftp = ftps_connect(ftps_server, name, STRONG_PASSWORD)
     transport, sftp = sftp_connect(sftp_server.port, name, password=STRONG_PASSWORD)
     try:
@@ -261,11 +260,11 @@ def test_disabling_ends_open_web_ftps_and_sftp_sessions_and_refuses_new_ones(
         transport.close()
     with pytest.raises(ftplib.error_perm, match="^530"):
         ftps_connect(ftps_server, name, STRONG_PASSWORD)
-    assert new_client_refused(portal_app, name)
+    assert sign_in_refused(portal_app, name)
     assert f"user {user_id} disabled" in admin_details(services, signed_in.account.id)
 
 
-def new_client_refused(app, name) -> bool:
+def sign_in_refused(app, name) -> bool:
     client = app.test_client()
     return client.sign_in(name, STRONG_PASSWORD).status_code == 200  # the form again, with its error
 
@@ -273,11 +272,11 @@ def new_client_refused(app, name) -> bool:
 def test_enabling_lets_the_user_in_again(signed_in, services, portal_app, make_user):
     user_id, name = make_user(signed_in.account)
     act(signed_in, user_id, "disable")
-    assert new_client_refused(portal_app, name)
+    assert sign_in_refused(portal_app, name)
     response = act(signed_in, user_id, "enable")
     assert response.status_code == 303 and user_row(services, user_id).status == "active"
     with_user(services, user_id, lambda s, u: auth.unlock_user(s, services.keyring, u))
-    new_client(portal_app, name)
+    signed_in_as(portal_app, name)
 
 
 # -- resets, unlock, exemption --------------------------------------------------------------------------------
@@ -285,7 +284,7 @@ def test_enabling_lets_the_user_in_again(signed_in, services, portal_app, make_u
 def test_a_password_reset_ends_sessions_and_mails_a_link(signed_in, services, portal_app, make_user, mailer,
                                                          smtp_server):
     user_id, name = make_user(signed_in.account)
-    web = new_client(portal_app, name)
+    web = signed_in_as(portal_app, name)
     response = act(signed_in, user_id, "reset-password")
     assert response.status_code == 303 and web.get("/files/").status_code == 302
     run_mail_job(mailer, user_id, "reset")
