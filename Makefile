@@ -1,4 +1,4 @@
-# The two commands of DESIGN.md "Running it"; each needs only Python 3.11+ (and make).
+# The two commands; each needs only Python 3.11+ (and make).
 #   make run   the whole stack on this machine (Ctrl-C stops all of it)
 #   make test  the test suite against real PostgreSQL, Redis and S3
 

@@ -20,7 +20,7 @@ In one run, on one random file, with the same client and the same cipher on both
 - every download is compared with the source by SHA-256; a mismatch fails the run.
 
 Everything listens on 127.0.0.1 on ports from --port-base (47100 by default) upwards: the
-embedded PostgreSQL, Valkey and SeaweedFS (started with devstack.services, data in a
+embedded PostgreSQL, Valkey and SeaweedFS (started with devstack.backing, data in a
 temporary folder), our two servers, sshd and vsftpd. Everything started is stopped at the
 end, on errors too, and the temporary folder and the throwaway user are removed.
 """
@@ -55,7 +55,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import paramiko  # noqa: E402
 import pyftpdlib  # noqa: E402
 
-from devstack import services as backing  # noqa: E402
+from devstack import backing  # noqa: E402
 from devstack.keys import ensure_ssh_host_key, ensure_tls_certificate  # noqa: E402
 
 MIB = 1024 * 1024

@@ -276,9 +276,18 @@ def change_password(session: Session, keyring: Keyring, user: User, current_pass
     check_new_password(session, session.get(Account, user.account_id), new_password, user_inputs=user_inputs)
     user.password_hash = passwords.hash_password(new_password)
     user.password_changed_at = datetime.now(timezone.utc)
+    user.must_change_password = False
     user.session_version += 1
     audit.record(session, keyring, _admin_event(actor, user.account_id, f"user {user.id} changed their password"))
     return user.session_version
+
+
+def require_change_if_weak(session: Session, user: User, password: str) -> bool:
+    """After a login with this password: if it breaks the account's current rules (tightened
+    since it was set), the user must change it before anything else. Whether it does."""
+    if passwords.policy_failures(password, **password_rules(session, session.get(Account, user.account_id))):
+        user.must_change_password = True
+    return user.must_change_password
 
 
 def find_account(session: Session, keyring: Keyring, name: str) -> Account:

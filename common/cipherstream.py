@@ -188,7 +188,7 @@ def _hash_pool() -> ThreadPoolExecutor:
         return _pool
 
 
-class _HashLane:
+class HashLane:
     """One running hash, updated in order, on a worker thread when the data is large."""
 
     def __init__(self, name: str) -> None:
@@ -199,11 +199,12 @@ class _HashLane:
         """Add views to the hash, which may still be reading them after feed returns."""
         self.wait()  # updates must reach the hash in stream order
         if sum(len(view) for view in views) < _THREADED_HASH_MIN:
-            self._update(views)
+            self.update(views)
         else:
-            self._pending = _hash_pool().submit(self._update, views)
+            self._pending = _hash_pool().submit(self.update, views)
 
-    def _update(self, views: list) -> None:
+    def update(self, views: list) -> None:
+        """Add views to the hash now, on the calling thread (`feed` keeps stream order: use it)."""
         for view in views:
             self._hash.update(view)
 
@@ -254,7 +255,7 @@ class ContentEncryptor:
         # MD5, the slowest of the three hashes, trails behind on a worker thread; the two
         # SHA-256 run here chunk by chunk, while the chunk is still in the CPU cache.
         self._fingerprints = fingerprints
-        self._md5 = _HashLane("md5")
+        self._md5 = HashLane("md5")
         self._sha256 = hashlib.sha256()
         self._cipher_sha256 = hashlib.sha256()
         self.plain_size = 0
@@ -401,7 +402,7 @@ def _open_chunks(
 def _verify_fingerprints(
     chunks: Iterator[tuple[int, bool, bytes]], md5: bytes, sha256: bytes
 ) -> Iterator[tuple[int, bool, bytes]]:
-    md5_lane, sha256_hash = _HashLane("md5"), hashlib.sha256()
+    md5_lane, sha256_hash = HashLane("md5"), hashlib.sha256()
     batch: list[bytes] = []
     batched = 0
     for index, final, plain in chunks:

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from common import accounts
-from common.auth.clock import db_now
+from common.auth.lockout import frozen_now
 from common.auth.policy import MFA_ENROLLED, MFA_UNENROLLED, mfa_state
 from common.crypto import Keyring
 from common.errors import NotFound
@@ -132,4 +132,4 @@ def _locked_subjects(session: Session, subjects: list[bytes]) -> set[bytes]:
     if not subjects:
         return set()
     return set(session.scalars(select(LoginThrottle.subject).where(
-        LoginThrottle.subject.in_(subjects), LoginThrottle.locked_until > db_now(session))))
+        LoginThrottle.subject.in_(subjects), frozen_now())))

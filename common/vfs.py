@@ -766,6 +766,11 @@ class Upload:
     def size(self) -> int:
         return self._writer.size
 
+    @property
+    def storage_key(self) -> str:
+        """Where the ciphertext is spooled and will be stored (what a purge must erase)."""
+        return self._writer.storage_key
+
     def set_mtime(self, mtime: datetime) -> None:
         """The modification time to commit with the file (a client may send it before closing)."""
         self._mtime = mtime

@@ -7,7 +7,7 @@ import sys
 
 from devstack import run as dev_run
 from devstack.binaries import MissingBinary
-from devstack.services import ServiceError, stop_services
+from devstack.backing import ServiceError, stop_services
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from typing import Iterator, Mapping
 
 from devstack import keys, secretstore
 from devstack.files import write_env_file
-from devstack.services import (DEV_PORTS, ensure_database, service_environment, start_services,
+from devstack.backing import (DEV_PORTS, ensure_database, service_environment, start_services,
                                stop_services)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack.files import write_private
-from devstack.services import ServiceSecrets
+from devstack.backing import ServiceSecrets
 
 
 @dataclass(frozen=True)

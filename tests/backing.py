@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from devstack import services
+from devstack import backing as embedded
 from devstack.files import write_private
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def pytest_configure(config: pytest.Config) -> None:
         run_id = getattr(config.option, "testrunuid", None) or secrets.token_hex(8)
         if hasattr(config.option, "testrunuid"):
             config.option.testrunuid = run_id  # xdist passes it to every worker
-    config.stash[_RUN_ID] = _clean_run_id(run_id)
+    config.stash[_RUN_ID] = clean_run_id(run_id)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -105,7 +105,7 @@ def bucket_name(run_id: str) -> str:
     return f"sealdrop-t-{run_id}"
 
 
-def _clean_run_id(run_id: str) -> str:
+def clean_run_id(run_id: str) -> str:
     # It becomes part of a database and a bucket name: lower-case letters and digits only.
     cleaned = re.sub(r"[^a-z0-9]", "", run_id.lower())[:40]
     return cleaned or secrets.token_hex(8)
@@ -118,7 +118,7 @@ class ServicePool:
     """The embedded services in one folder, shared by processes through a lock and a users file."""
 
     folder: Path
-    ports: services.Ports
+    ports: embedded.Ports
 
     @property
     def lock(self) -> FileLock:
@@ -139,7 +139,7 @@ class ServicePool:
             users = self._live_users()
             if not users:
                 self._stop_and_wipe()
-            users[_process_key(os.getpid())] = run_id
+            users[process_key(os.getpid())] = run_id
             self._save_users(users)
 
     def acquire(self, run_id: str) -> dict[str, str]:
@@ -147,13 +147,13 @@ class ServicePool:
         self._make_folder()
         with self.lock:
             users = self._live_users()
-            users[_process_key(os.getpid())] = run_id
+            users[process_key(os.getpid())] = run_id
             secrets_ = self._running_secrets()
             if secrets_ is None:
                 secrets_ = self._start_fresh()
-            services.ensure_database(self.ports, secrets_, database_name(run_id))
+            embedded.ensure_database(self.ports, secrets_, database_name(run_id))
             self._save_users(users)
-        env = services.service_environment(self.ports, secrets_, database=database_name(run_id))
+        env = embedded.service_environment(self.ports, secrets_, database=database_name(run_id))
         env["S3_BUCKET"] = bucket_name(run_id)
         return env
 
@@ -162,42 +162,42 @@ class ServicePool:
         if not self.folder.exists():
             return
         with self.lock:
-            users = self._live_users(leaving=_process_key(os.getpid()))
-            if not users and services.running_services(self.folder):
-                services.stop_services(self.folder)
+            users = self._live_users(leaving=process_key(os.getpid()))
+            if not users and embedded.running_services(self.folder):
+                embedded.stop_services(self.folder)
 
     # Everything below runs with the lock held.
 
     def _live_users(self, leaving: str | None = None) -> dict[str, str]:
         """The users without dead (or leaving) processes; runs that ended lose their database."""
         users = self._read_users()
-        live = {key: run for key, run in users.items() if key != leaving and _process_is_alive(key)}
+        live = {key: run for key, run in users.items() if key != leaving and process_is_alive(key)}
         finished = set(users.values()) - set(live.values())
         secrets_ = self._running_secrets() if finished else None
         for run_id in finished if secrets_ is not None else ():
-            services.drop_database(self.ports, secrets_, database_name(run_id))
+            embedded.drop_database(self.ports, secrets_, database_name(run_id))
         if live != users:
             self._save_users(live)
         return live
 
-    def _running_secrets(self) -> services.ServiceSecrets | None:
-        if len(services.running_services(self.folder)) != len(SERVICE_FOLDERS):
+    def _running_secrets(self) -> embedded.ServiceSecrets | None:
+        if len(embedded.running_services(self.folder)) != len(SERVICE_FOLDERS):
             return None
         try:
-            return services.ServiceSecrets.from_dict(json.loads(self.state_file.read_text()))
+            return embedded.ServiceSecrets.from_dict(json.loads(self.state_file.read_text()))
         except (OSError, ValueError, KeyError):
             return None
 
-    def _start_fresh(self) -> services.ServiceSecrets:
+    def _start_fresh(self) -> embedded.ServiceSecrets:
         self._stop_and_wipe()
-        secrets_ = services.ServiceSecrets.generate()
+        secrets_ = embedded.ServiceSecrets.generate()
         write_private(self.state_file, json.dumps(secrets_.to_dict()))
         log.info("starting the test services in %s", self.folder)
-        services.start_services(self.folder, self.ports, secrets_, durable=False)
+        embedded.start_services(self.folder, self.ports, secrets_, durable=False)
         return secrets_
 
     def _stop_and_wipe(self) -> None:
-        services.stop_services(self.folder)
+        embedded.stop_services(self.folder)
         for name in SERVICE_FOLDERS:
             shutil.rmtree(self.folder / name, ignore_errors=True)
         self.state_file.unlink(missing_ok=True)
@@ -231,21 +231,21 @@ def _port_offset() -> int:
     return int(os.environ.get("SEALDROP_TEST_PORT_OFFSET", "0"))
 
 
-def ports_for_tests() -> services.Ports:
+def ports_for_tests() -> embedded.Ports:
     """The test services' ports; a second checkout on the same machine shifts them with
     SEALDROP_TEST_PORT_OFFSET (e.g. 100), so the two never meet."""
     offset = _port_offset()
-    base = services.TEST_PORTS
-    return services.Ports(postgres=base.postgres + offset, valkey=base.valkey + offset,
+    base = embedded.TEST_PORTS
+    return embedded.Ports(postgres=base.postgres + offset, valkey=base.valkey + offset,
                           s3=base.s3 + offset)
 
 
-def _process_key(pid: int) -> str:
+def process_key(pid: int) -> str:
     """pid plus its start time, so a recycled pid is not mistaken for a live user."""
     return f"{pid}:{_start_time(pid)}"
 
 
-def _process_is_alive(key: str) -> bool:
+def process_is_alive(key: str) -> bool:
     pid_text, _, started = key.partition(":")
     try:
         pid = int(pid_text)

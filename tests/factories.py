@@ -85,8 +85,7 @@ def download(ws: Workspace, path: str) -> bytes:
 
 def current_version(svc: Services, ws: Workspace, path: str) -> FileVersion:
     with svc.db.session() as session:
-        node = ws._resolve(session, path).node
-        return session.get(FileVersion, node.current_version_id)
+        return session.get(FileVersion, ws.stat(path).version)
 
 
 def wait_for(predicate, timeout: float = 60, step: float = 0.05):
@@ -187,13 +186,17 @@ def with_user(services, user_id, change):
         return change(session, session.get(User, user_id))
 
 
-def workspace(svc: Services, account_id: int, user_id: int, username: str) -> Workspace:
-    return Workspace(svc, Principal(user_id, account_id, username, "admin", "web", "127.0.0.1"))
+def workspace(svc: Services, account_id: int, user_id: int, username: str, *, door: str = "web") -> Workspace:
+    return Workspace(svc, Principal(user_id, account_id, username, "admin", door, "127.0.0.1"))
+
+
+def admin_workspace(svc: Services, account, *, door: str = "web") -> Workspace:
+    """The Workspace of the admin of an account as the `account` fixture gives it."""
+    return workspace(svc, account.id, account.admin_id, account.admin_username, door=door)
 
 
 def current_version_id(svc, ws, path):
-    with svc.db.session() as session:
-        return ws._resolve(session, path).node.current_version_id
+    return ws.stat(path).version
 
 
 def principal(account, user_id: int, username: str, role: str = "user", protocol: str = "web") -> Principal:

@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import email
 import ipaddress
+import re
 import socket
 import ssl
 import threading
@@ -13,12 +14,17 @@ from email import policy
 
 import pytest
 from aiosmtpd.controller import Controller
+from rq.job import Job
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from common.jobs.invitations import send_password_link
+from common.jobs.registry import MAIL_QUEUE
 from common.services import Services
+
+LINK = re.compile(r"(https?://\S+/password/([A-Za-z0-9_-]+))")  # a set-password link: (link, token)
 
 
 class TinySmtp:
@@ -134,3 +140,11 @@ def mailer(services, smtp_server):
     svc = Services(dataclasses.replace(services.settings, smtp_url=f"smtp://127.0.0.1:{smtp_server.port}"))
     yield svc
     svc.close()
+
+
+def run_link_job(mailer, user_id, purpose):
+    """Run the waiting set-password job of this user and purpose as the worker would; its result."""
+    job = Job.fetch(f"password-{purpose}-{user_id}", connection=mailer.redis)
+    assert job.origin == MAIL_QUEUE and job.args == (user_id, purpose)
+    job.delete()
+    return send_password_link(mailer, *job.args)

@@ -19,10 +19,10 @@ from minio import Minio
 from minio.error import S3Error
 
 from common.config import read_env_file
-from devstack import keys, secretstore, services
+from devstack import backing as embedded, keys, secretstore
 from devstack.files import format_env, write_env_file
 from devstack.run import DevPaths, dev_environment, procfile_commands, LONG_RUNNING
-from devstack.services import Layout, Ports, _postmaster_pid, _recorded_pid
+from devstack.backing import Layout, Ports
 from tests import backing
 from tests.fixtures import free_port_block
 
@@ -100,10 +100,8 @@ def test_the_run_has_its_own_bucket_name(backing_env):
 
 @embedded_only
 def test_embedded_services_listen_on_loopback_only(backing_env):
-    layout = Layout(backing.services_dir().resolve())
-    pids = {"postgres": _postmaster_pid(layout), "valkey": _recorded_pid(layout, "valkey"),
-            "seaweedfs": _recorded_pid(layout, "seaweedfs")}
-    assert all(pids.values()), pids
+    pids = embedded.running_pids(backing.services_dir())
+    assert set(pids) == {"postgres", "valkey", "seaweedfs"}, pids
     for name, pid in pids.items():
         addresses = _listening_addresses(pid)
         assert addresses, f"{name} listens on nothing?"
@@ -117,7 +115,7 @@ def test_the_store_has_a_private_encryption_key_of_its_data_folder(backing_env):
     assert _mode(key_file) == 0o600
     key = key_file.read_text().strip()
     assert len(bytes.fromhex(key)) == 32
-    pid = _recorded_pid(layout, "seaweedfs")
+    pid = embedded.running_pids(layout.root)["seaweedfs"]
     assert key.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()  # not shown by `ps`
     assert f"WEED_S3_SSE_KEY={key}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     tracked = subprocess.run(["git", "ls-files", "--", "var"], cwd=REPO_ROOT, capture_output=True,
@@ -157,7 +155,7 @@ def _decode_address(hex_address: str, width: int) -> str:
 
 
 def test_the_test_ports_differ_from_the_dev_ports():
-    from devstack.services import DEV_PORTS, TEST_PORTS
+    from devstack.backing import DEV_PORTS, TEST_PORTS
 
     def every_port(ports: Ports) -> set[int]:
         return {ports.postgres, ports.valkey, *ports.seaweed().values()}
@@ -175,14 +173,14 @@ def test_the_services_start_from_a_folder_that_only_its_owner_can_enter(tmp_path
     base = free_port_block(3 + len(Ports(0, 0, 0).seaweed()))
     ports = Ports(postgres=base, valkey=base + 1, s3=base + 2)
     try:
-        env = services.start_services(folder, ports, services.ServiceSecrets.generate(),
+        env = embedded.start_services(folder, ports, embedded.ServiceSecrets.generate(),
                                       durable=False)
         url = env["DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
         with psycopg.connect(url, connect_timeout=10) as connection:
             assert connection.execute("select 1").fetchone() == (1,)
     finally:
-        services.stop_services(folder)
-    assert services.running_services(folder) == []
+        embedded.stop_services(folder)
+    assert embedded.running_services(folder) == []
     assert _mode(home) == 0o700
 
 
@@ -191,17 +189,17 @@ def test_the_services_start_from_a_folder_that_only_its_owner_can_enter(tmp_path
 def test_a_user_is_alive_only_while_its_process_runs():
     child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
                              stdin=subprocess.PIPE)
-    key = backing._process_key(child.pid)
-    assert backing._process_is_alive(key)
-    assert backing._process_is_alive(backing._process_key(os.getpid()))
+    key = backing.process_key(child.pid)
+    assert backing.process_is_alive(key)
+    assert backing.process_is_alive(backing.process_key(os.getpid()))
     child.communicate(b"")
-    assert not backing._process_is_alive(key)
+    assert not backing.process_is_alive(key)
     # The same pid with another start time is another process.
-    assert not backing._process_is_alive(f"{os.getpid()}:1")
+    assert not backing.process_is_alive(f"{os.getpid()}:1")
 
 
 def test_run_ids_become_safe_database_and_bucket_names():
-    run_id = backing._clean_run_id("Gw0-ABC_def/1")
+    run_id = backing.clean_run_id("Gw0-ABC_def/1")
     assert run_id == "gw0abcdef1"
     assert backing.database_name(run_id) == "sealdrop_t_gw0abcdef1"
     assert backing.bucket_name(run_id) == "sealdrop-t-gw0abcdef1"

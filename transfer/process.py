@@ -1,7 +1,9 @@
-"""The frame both transfer doors share: logging, settings, one config-error line, signals, caps.
+"""The start-up both transfer doors share: logging, settings, one config-error line, signals.
 
-A door's `main` builds its listeners inside `started()`, which turns a `ConfigError` into one
-log line (`<door> cannot start: <reason>`) and exit status 78, and waits on `stop_requested()`.
+A door's `main` loads its settings and builds its listeners under one `except ConfigError`,
+which `refuse_to_start` turns into one log line (`<door> cannot start: <reason>`) and exit
+status 78, then serves until `stop_requested()` is set. Their sessions share
+`transfer.sessions` (caps, ban check, logout audit).
 """
 from __future__ import annotations
 
@@ -9,8 +11,6 @@ import logging
 import signal
 import threading
 
-from common import doors
-from common.admission import Admission
 from common.config import settings_from_environment
 from common.errors import ConfigError
 from common.jobs.sweep import prepare_spool_host
@@ -38,15 +38,6 @@ def refuse_to_start(log: logging.Logger, door: str, exc: ConfigError) -> int:
     """The one line a door logs when its configuration is unusable; its exit status."""
     log.error("%s cannot start: %s", door, exc.message)
     return exc.exit_code
-
-
-def session_admission(door: str, max_total: int, *, per_client: int,
-                      unauthenticated_per_client: int) -> Admission:
-    """The connection slots of a door's process, capped per client when its door row says so."""
-    if doors.door(door).session_cap is not doors.SessionCap.PER_CLIENT:
-        per_client = unauthenticated_per_client = max_total
-    return Admission(max_total=max_total, max_per_client=per_client,
-                     max_unauthenticated_per_client=unauthenticated_per_client)
 
 
 def listen_host(settings) -> str:

@@ -20,9 +20,51 @@ from common.models import Account, IpRule, User
 
 def is_address_allowed(session: Session, account_id: int, user_id: int, ip: str | None) -> bool:
     """Whether the address satisfies both the account's and the user's list (an empty list allows all)."""
-    rules = session.execute(select(IpRule.user_id, IpRule.cidr).where(
+    return _allows(_rules_for(session, account_id, user_id), ip)
+
+
+def is_address_allowed_after(session: Session, account_id: int, user_id: int, ip: str | None, *,
+                             adding: str | None = None, removing: str | None = None) -> bool:
+    """Whether the address would still be allowed once `adding` joins the account's list or
+    `removing` leaves it (the check behind the warning before an admin locks themselves out)."""
+    rules = [(owner, str(cidr)) for owner, cidr in _rules_for(session, account_id, user_id)]
+    if removing is not None:
+        rules = [(owner, cidr) for owner, cidr in rules if owner is not None or cidr != parse_cidr(removing)]
+    if adding is not None:
+        rules.append((None, parse_cidr(adding)))
+    return _allows(rules, ip)
+
+
+def would_lock_out(session: Session, account: Account, user_id: int, ip: str | None, *,
+                   adding: str | None = None, removing: str | None = None) -> bool:
+    """Whether this change of the account's list would refuse the user's sign-in from `ip`
+    (an addition is refused first on a basic plan, as add_ip_rule would)."""
+    if adding is not None:
+        require_enterprise(account, "IP allow-lists")
+    return not is_address_allowed_after(session, account.id, user_id, ip, adding=adding, removing=removing)
+
+
+def account_rules(session: Session, account_id: int) -> list[IpRule]:
+    """The account-wide allow-list, in the order the rules were added."""
+    return list(session.scalars(select(IpRule).where(IpRule.account_id == account_id, IpRule.user_id.is_(None))
+                                .order_by(IpRule.id)))
+
+
+def account_rule(session: Session, account_id: int, rule_id: int) -> IpRule:
+    """One rule of the account-wide list by id; NotFound for any other (another account's too)."""
+    rule = session.get(IpRule, rule_id)
+    if rule is None or rule.account_id != account_id or rule.user_id is not None:
+        raise NotFound("No such rule on this account's allow-list.")
+    return rule
+
+
+def _rules_for(session: Session, account_id: int, user_id: int) -> list[tuple[int | None, str]]:
+    return session.execute(select(IpRule.user_id, IpRule.cidr).where(
         IpRule.account_id == account_id,
         or_(IpRule.user_id.is_(None), IpRule.user_id == user_id))).all()
+
+
+def _allows(rules, ip: str | None) -> bool:
     account_nets = [cidr for owner, cidr in rules if owner is None]
     user_nets = [cidr for owner, cidr in rules if owner is not None]
     return all(_within(ip, nets) for nets in (account_nets, user_nets) if nets)

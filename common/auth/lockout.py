@@ -77,6 +77,11 @@ def is_locked(session: Session, subject: bytes) -> bool:
     return row is not None and row.locked_until is not None and row.locked_until > db_now(session)
 
 
+def frozen_now():
+    """The SQL condition of a login_throttles row frozen now (is_locked's rule, for queries over many names)."""
+    return LoginThrottle.locked_until > func.clock_timestamp()
+
+
 def is_locked_out(services: Services, username: str) -> bool:
     """Whether this user name (known or not) is frozen by the lockout now."""
     with services.db.session() as session:

@@ -50,9 +50,12 @@ def parse_public_key(text: str) -> PublicKey:
         raise InvalidInput("That is not an OpenSSH public key line (type, key, optional comment).")
     key_type, encoded = fields[0], fields[1]
     blob = _decode_key_blob(key_type, encoded)
-    digest = hashlib.sha256(blob).digest()
-    fingerprint = "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
-    return PublicKey(key_type, blob, fields[2].strip() if len(fields) > 2 else None, fingerprint)
+    return PublicKey(key_type, blob, fields[2].strip() if len(fields) > 2 else None, fingerprint_of(blob))
+
+
+def fingerprint_of(blob: bytes) -> str:
+    """A key's fingerprint as OpenSSH shows it: `SHA256:` and the unpadded base64 of its blob's digest."""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
 def add_ssh_key(session: Session, keyring: Keyring, user: User, line: str, *,

@@ -58,7 +58,7 @@ def ingest_version(services: Services, version_id: uuid.UUID) -> str:
     elif services.store.sha256(key) != digest:
         services.store.remove(key)
         raise IntegrityFailure("A stored object does not match its fingerprint; re-uploading")
-    return _mark_stored(services, version_id, key)
+    return mark_stored(services, version_id, key)
 
 
 def _count_lost_ciphertext(services: Services, version_id: uuid.UUID) -> str:
@@ -87,7 +87,9 @@ def _count_lost_ciphertext(services: Services, version_id: uuid.UUID) -> str:
     return "failed: ciphertext lost"
 
 
-def _mark_stored(services: Services, version_id: uuid.UUID, key: str) -> str:
+def mark_stored(services: Services, version_id: uuid.UUID, key: str) -> str:
+    """The end of an ingest, once the object is in the store: the version is stored, or, when it
+    was deleted or replaced meanwhile, the object is erased ("gone", "purged: superseded")."""
     with services.db.session() as session:
         version = session.get(FileVersion, version_id, with_for_update=True)
         if version is None:

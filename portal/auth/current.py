@@ -25,6 +25,7 @@ class WebUser(UserMixin):
     account_id: int
     username: str
     role: str
+    must_change_password: bool = False
 
     @property
     def is_admin(self) -> bool:
@@ -51,7 +52,8 @@ def load_web_user(user_id: int | None) -> WebUser | None:
         user = db.get(User, user_id)
         if user is None or user.status != "active":
             return None
-        return WebUser(user.id, user.account_id, accounts.user_name(db, svc.keyring, user), user.role)
+        return WebUser(user.id, user.account_id, accounts.user_name(db, svc.keyring, user), user.role,
+                       user.must_change_password)
 
 
 def admin_required(view):

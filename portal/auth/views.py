@@ -11,7 +11,7 @@ import time
 from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user
 
-from common import audit
+from common import accounts, audit
 from common.auth import AuthResult, authenticate, verify_totp
 from common.errors import AuthFailed, Banned
 from common.models import User
@@ -24,6 +24,8 @@ REFUSED = ("Sign-in failed: check your user name and password. If you are sure t
            "after repeated failures; wait, or ask your administrator.")
 HOME_ENDPOINT = "files.home"
 ENROL_ENDPOINT = "profile.mfa"
+PASSWORD_ENDPOINT = "profile.password"
+ALWAYS_REACHABLE = ("auth.sign_out", "static", "bootstrap.static")
 
 bp = Blueprint("auth", __name__)
 
@@ -47,6 +49,7 @@ def sign_in():
         except AuthFailed:
             flash(REFUSED, "danger")
         else:
+            _require_change_if_weak(result.user_id, form.password.data)
             return _after_password(result, safe_next(request.args.get("next")))
     return render_template("auth/sign_in.html", form=form)
 
@@ -102,6 +105,13 @@ def _signed_in(result: AuthResult, next_url: str | None):
     return redirect(next_url or url_for(HOME_ENDPOINT))
 
 
+def _require_change_if_weak(user_id: int, password: str) -> None:
+    # Only now is the plaintext known: a password the tightened policy no longer accepts must be
+    # changed once the sign-in completes (change_password_before_anything_else).
+    with services().db.session() as db:
+        accounts.require_change_if_weak(db, db.get(User, user_id), password)
+
+
 def _session_version(user_id: int) -> int:
     with services().db.session() as db:
         return db.get(User, user_id).session_version
@@ -124,3 +134,13 @@ def enrol_before_anything_else():
     if endpoint.startswith(ENROL_ENDPOINT) or endpoint in ("auth.sign_out", "static", "bootstrap.static"):
         return None
     return redirect(url_for(ENROL_ENDPOINT))
+
+
+@bp.before_app_request
+def change_password_before_anything_else():
+    """A user whose password the policy no longer accepts reaches only the password page and sign-out."""
+    if request.endpoint in (PASSWORD_ENDPOINT, *ALWAYS_REACHABLE):
+        return None
+    if not current_user.is_authenticated or not current_user.must_change_password:
+        return None
+    return redirect(url_for(PASSWORD_ENDPOINT))

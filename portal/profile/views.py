@@ -15,14 +15,13 @@ import segno
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, session, url_for
 from flask_login import current_user, login_required
 from markupsafe import Markup
-from sqlalchemy import select
 
-from common import accounts, audit, auth
+from common import accounts, audit, auth, door_keys
 from common.accounts import Actor
 from common.auth import totp
 from common.auth.policy import MFA_ENROLLED, is_mfa_required, mfa_state
 from common.errors import AlreadyExists, InvalidInput, PermissionDenied
-from common.models import Account, DoorKey, PasswordPolicy, User
+from common.models import Account, PasswordPolicy, User
 from portal import sessions
 from portal.auth.current import PROTOCOL, enrolling_user, services
 from portal.profile.forms import (
@@ -317,12 +316,4 @@ def connection():
                         f"user={user} ask_password=true"),
     }
     return render_template("profile/connection.html", host=host, ftps_port=ftps_port, sftp_port=sftp_port,
-                           door_keys=_published_door_keys(), examples=examples)
-
-
-def _published_door_keys() -> list[DoorKey]:
-    # The fingerprints the doors publish at start-up; web hosts never read a private key.
-    with services().db.session() as db:
-        rows = db.scalars(select(DoorKey).order_by(DoorKey.door, DoorKey.key_type)).all()
-        db.expunge_all()
-        return rows
+                           door_keys=door_keys.published(services()), examples=examples)

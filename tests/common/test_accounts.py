@@ -19,7 +19,7 @@ def test_deleting_a_user_while_their_upload_commits_orphans_no_ciphertext(servic
     ws = Workspace(services, Principal(user_id, account.id, username, "user", "sftp", "127.0.0.1"))
     up = ws.open_write("/late.bin")
     up.write(os.urandom(200_000))
-    key = up._writer.storage_key
+    key = up.storage_key
     outcome = {}
 
     def commit():

@@ -353,13 +353,13 @@ def test_fingerprints_equal_hashlib_over_the_same_bytes(size):
 @pytest.fixture
 def slow_hashing(monkeypatch):
     """A hashing thread that lags far behind, to make races with it certain."""
-    hash_views = cipherstream._HashLane._update
+    hash_views = cipherstream.HashLane.update
 
     def slow_hash_views(lane, views):
         time.sleep(0.01)
         hash_views(lane, views)
 
-    monkeypatch.setattr(cipherstream._HashLane, "_update", slow_hash_views)
+    monkeypatch.setattr(cipherstream.HashLane, "update", slow_hash_views)
 
 
 def test_fingerprints_survive_a_lagging_hash_over_small_updates(slow_hashing):

@@ -26,15 +26,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.errors import IntegrityFailure, NotFound, TransientError
 from common.jobs.fixity import fixity
-from common.jobs.ingest import LOST_CIPHERTEXT_TRIES, _mark_stored, enqueue_ingest, ingest_job_id, ingest_version
+from common.jobs.ingest import LOST_CIPHERTEXT_TRIES, mark_stored, enqueue_ingest, ingest_job_id, ingest_version
 from common.jobs.purge import purge_pending
 from common.jobs.registry import MAINTENANCE_QUEUE, ingest_queue_name
 from common.jobs.sweep import ORPHAN_READY_SECONDS, STALE_TEMP_SECONDS, fan_out_sweeps, register_spool, requeue_lost_ingests, sweep_all, sweep_spool
 from common.models import AuditEvent, FileVersion, PendingPurge, Spool
 from common.services import Services
-from common.vfs import Principal, Workspace
 from tests.netfaults import TcpProxy
-from tests.factories import MiB, assert_stored_once, current_version, download, upload, wait_for
+from tests.factories import (
+    MiB, admin_workspace, assert_stored_once, current_version, download, upload, wait_for,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,8 +76,7 @@ def _clear_queue(svc: Services) -> None:
 
 @pytest.fixture
 def workspace(own, account):
-    me = Principal(account.admin_id, account.id, account.admin_username, "admin", "sftp", "127.0.0.1")
-    return Workspace(own, me)
+    return admin_workspace(own, account, door="sftp")
 
 
 def run_worker(svc: Services, test_env: dict, *, wait: bool = True, **popen) -> subprocess.Popen:
@@ -131,8 +131,7 @@ def test_store_outage_keeps_accepting_and_ingest_catches_up(own, workspace, prox
 def test_inline_ingest_stores_before_the_reply(own_settings, account):
     inline = Services(dataclasses.replace(own_settings, ingest_mode="inline"))
     try:
-        ws = Workspace(inline, Principal(account.admin_id, account.id, account.admin_username, "admin",
-                                         "web", "127.0.0.1"))
+        ws = admin_workspace(inline, account)
         data = os.urandom(MiB + 5)
         upload(ws, "/inline.bin", data)
         version = current_version(inline, ws, "/inline.bin")
@@ -146,8 +145,7 @@ def test_inline_ingest_stores_before_the_reply(own_settings, account):
 def test_inline_ingest_in_an_outage_fails_the_upload_and_leaves_nothing(own_settings, proxy, account):
     inline = Services(dataclasses.replace(own_settings, ingest_mode="inline"))
     try:
-        ws = Workspace(inline, Principal(account.admin_id, account.id, account.admin_username, "admin",
-                                         "web", "127.0.0.1"))
+        ws = admin_workspace(inline, account)
         proxy.cut_all()
         with pytest.raises(TransientError):
             upload(ws, "/lost.bin", os.urandom(MiB))
@@ -222,7 +220,7 @@ def test_version_deleted_during_upload_leaves_no_object(own, workspace):
     # The upload finished but the file was deleted (and purged) before it could be marked.
     own.store.put(version.storage_key, open(own.spool.path(version.storage_key), "rb"), version.cipher_size)
     workspace.remove("/gone.bin")
-    assert _mark_stored(own, version.id, version.storage_key) == "gone"
+    assert mark_stored(own, version.id, version.storage_key) == "gone"
     assert own.store.stat(version.storage_key) is None
     assert ingest_version(own, version.id) == "gone"
 
@@ -369,7 +367,7 @@ def mode_services(request, own_settings):
 
 def test_a_commit_applied_but_unconfirmed_keeps_its_ciphertext(mode_services, account):
     svc = mode_services
-    ws = Workspace(svc, Principal(account.admin_id, account.id, account.admin_username, "admin", "sftp"))
+    ws = admin_workspace(svc, account, door="sftp")
     first, second = os.urandom(300_000), os.urandom(400_000)
     upload(ws, "/report.bin", first)
     losing_commit_replies(svc, applied=True)
@@ -387,7 +385,7 @@ def test_a_commit_applied_but_unconfirmed_keeps_its_ciphertext(mode_services, ac
 
 def test_a_commit_that_failed_leaves_its_ciphertext_to_the_sweeper(mode_services, account):
     svc = mode_services
-    ws = Workspace(svc, Principal(account.admin_id, account.id, account.admin_username, "admin", "sftp"))
+    ws = admin_workspace(svc, account, door="sftp")
     losing_commit_replies(svc, applied=False)
     up = ws.open_write("/never.bin")
     up.write(os.urandom(200_000))
@@ -410,9 +408,8 @@ def test_an_upload_committed_while_redis_is_down_succeeds_and_the_sweeper_queues
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
     no_redis = Services(dataclasses.replace(own.settings, redis_url=f"redis://127.0.0.1:{closed_port}/0"))
-    me = Principal(account.admin_id, account.id, account.admin_username, "admin", "sftp")
     try:
-        ws = Workspace(no_redis, me)
+        ws = admin_workspace(no_redis, account, door="sftp")
         first, second = os.urandom(100_000), os.urandom(150_000)
         upload(ws, "/notes.bin", first)
         replaced = current_version(own, ws, "/notes.bin")
@@ -430,7 +427,7 @@ def test_an_upload_committed_while_redis_is_down_succeeds_and_the_sweeper_queues
     assert Job.fetch(ingest_job_id(version.id), connection=own.redis).get_status() == JobStatus.QUEUED
     assert not own.spool.has(replaced.storage_key)
     assert ingest_version(own, version.id) == "stored"
-    assert download(Workspace(own, me), "/notes.bin") == second
+    assert download(admin_workspace(own, account, door="sftp"), "/notes.bin") == second
 
 
 # -- ciphertext lost before ingest ---------------------------------------------------------

@@ -5,7 +5,9 @@ import dataclasses
 import email
 import io
 import ssl
+from datetime import datetime
 from email import policy
+from types import SimpleNamespace
 
 import pytest
 from rq.job import Job
@@ -15,10 +17,11 @@ from common import mail
 from common.errors import ConfigError
 from common.jobs.alerts import send_integrity_alert
 from common.jobs.fixity import verify_stored
+from common.jobs.invitations import send_password_link, send_share_invitation
 from common.jobs.registry import MAIL_QUEUE
-from common.models import AuditEvent, FileVersion
-from tests.factories import make_account_with_files
-from tests.smtp import TinySmtp, self_signed
+from common.models import Account, AuditEvent, FileVersion
+from tests.factories import make_account_with_files, share, workspace
+from tests.smtp import TinySmtp, mailer, self_signed, smtp_server  # noqa: F401  (fixtures)
 
 
 def read_mails(folder) -> list[email.message.EmailMessage]:
@@ -113,3 +116,63 @@ def test_smtp_without_starttls_is_refused(settings, tmp_path):
     finally:
         server.close()
     assert server.received == []
+
+
+# -- templates -----------------------------------------------------------------------------
+
+FORMER_SHARE_INVITATION = (
+    "A folder has been shared with you on Sealdrop, a secure file-transfer service.\n\n"
+    "Open it here (you can download files and upload new ones):\n\n    https://drop.example.test/s/TOKEN\n\n"
+    "The link works until 2030-01-02 03:04 UTC. Anyone holding it can use it, so\n"
+    "do not forward this message. If you did not expect it, you can ignore it.\n")
+
+
+def test_moving_the_mails_onto_templates_kept_their_words(settings):
+    site = dataclasses.replace(settings, public_url="https://drop.example.test")
+    shared = mail.share_invitation(site, "c@example.test", "TOKEN", "write", datetime(2030, 1, 2, 3, 4))
+    assert (shared.subject, shared.body) == ("A folder has been shared with you", FORMER_SHARE_INVITATION)
+    alert = mail.integrity_alert(site, 42, ["a@example.test"])
+    assert alert.body.startswith("Sealdrop detected a failed integrity check on a file in your account "
+                                 "(account id 42).\n\nWhat happened: a stored file did not match")
+    assert "1. Sign in to the portal at https://drop.example.test/ and open the audit log;\n" in alert.body
+    assert alert.body.endswith("the service by mail.\n")
+    for message in (shared, alert):
+        assert message.html.startswith("<!DOCTYPE html>")
+
+
+def test_the_html_part_escapes_and_the_text_part_is_plain(settings):
+    hostile = '"><script>alert(1)</script>'
+    message = mail.render(("a@example.test",), "s", "share_invitation", link=hostile, access="x",
+                          expires="y")
+    assert "<script>" not in message.html and "&lt;script&gt;" in message.html
+    assert hostile in message.body  # text/plain is never HTML: a mail client shows it as typed
+
+
+def test_an_invitation_is_written_as_eml_without_smtp(services, account, make_user):
+    user_id, username = make_user(account)
+    folder = services.settings.mail_dir
+    before = set(folder.glob("*.eml")) if folder.exists() else set()
+    assert send_password_link(services, user_id, "invite")
+    [path] = set(folder.glob("*.eml")) - before
+    message = email.message_from_bytes(path.read_bytes(), policy=policy.default)
+    assert message["To"] == f"{username}@example.test"
+    assert f"{services.settings.public_url}/password/" in message.get_body(("plain",)).get_content()
+
+
+def test_no_mail_names_a_file_folder_path_or_hostile_name(services, mailer, smtp_server):
+    hostile = '<b onmouseover="x">Q3 payroll &amp; bonuses'
+    account_id, owner_id, owner, _ = make_account_with_files(services, {"/Board minutes.txt": b"y"})
+    workspace(services, account_id, owner_id, owner).make_dir(f"/{hostile}")
+    with services.db.session() as session:
+        session.get(Account, account_id).name_sealed = services.keyring.service(session).seal_text(
+            hostile, "account-name")
+    share_id = share(services, SimpleNamespace(id=account_id), owner, f"/{hostile}", "partner@example.test", "read")
+    assert send_share_invitation(mailer, share_id) and send_integrity_alert(mailer, account_id) == 1
+    assert send_password_link(mailer, owner_id, "invite") and send_password_link(mailer, owner_id, "reset")
+    assert len(smtp_server.messages) == 4
+    for _, message in smtp_server.messages:
+        parts = [message["Subject"], message.get_body(("plain",)).get_content(),
+                 message.get_body(("html",)).get_content()]
+        for part in parts:
+            for secret in ("payroll", "Board", "minutes", "onmouseover", owner):
+                assert secret not in part

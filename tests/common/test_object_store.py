@@ -29,7 +29,7 @@ from common.services import Services
 from common.storage import MULTIPART_RULE_ID, ObjectStore
 from common.vfs import Principal, Workspace
 from devstack import keys
-from devstack.services import Ports, ServiceSecrets, start_object_store, stop_services
+from devstack.backing import Ports, ServiceSecrets, start_object_store, stop_services
 from tests import backing
 from tests.fixtures import REPO_ROOT, free_port_block
 from tests.factories import MiB, assert_stored_once, current_version, download, upload, wait_for

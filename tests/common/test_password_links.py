@@ -14,15 +14,13 @@ from common.errors import InvalidInput
 from common.jobs.invitations import (
     FORGOT_PER_ADDRESS, FORGOT_PER_NAME, NOBODY, enqueue_password_link, request_password_reset, send_password_link,
 )
-from common.jobs.registry import MAIL_QUEUE
 from common.models import AuditEvent, PasswordLink, User
 from common.passwords import verify_password
 from tests.factories import random_ip, with_account, with_user
 from tests.fixtures import STRONG_PASSWORD
-from tests.smtp import mailer, smtp_server  # noqa: F401  (fixtures)
+from tests.smtp import LINK, mailer, run_link_job, smtp_server  # noqa: F401  (fixtures)
 
 NEW_PASSWORD = "Lantern-Orchid-Basalt-77"
-LINK = re.compile(r"(https?://\S+/password/([A-Za-z0-9_-]+))")
 
 
 def issue(services, user_id, purpose="invite") -> str:
@@ -53,14 +51,6 @@ def links_of(services, user_id) -> list[PasswordLink]:
                                .order_by(PasswordLink.id)).all()
         session.expunge_all()
         return rows
-
-
-def run_link_job(mailer, user_id, purpose):
-    """Run the waiting set-password job of this user and purpose as the worker would; its result."""
-    job = Job.fetch(f"password-{purpose}-{user_id}", connection=mailer.redis)
-    assert job.origin == MAIL_QUEUE and job.args == (user_id, purpose)
-    job.delete()
-    return send_password_link(mailer, *job.args)
 
 
 # -- the token ---------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from common.errors import (
     InvalidInput, NotFound, PermissionDenied, SealdropError,
 )
 from common.jobs.invitations import send_share_invitation
-from common.models import Contact, Node, Share, User
+from common.models import Contact, FileVersion, Node, Share, User
 from common.vfs import Workspace
 from tests.factories import principal, share
 
@@ -163,10 +163,10 @@ def test_no_path_escapes_into_another_account(two_tenants, segments, absolute):
     ws, victim_account, attacker_account = two_tenants
     path = ("/" if absolute else "") + "/".join(segments)
     try:
-        with ws.services.db.session() as session:
-            place = ws._resolve(session, path)
-            if place.node is not None:
-                assert place.node.account_id == attacker_account
+        entry = ws.stat(path)
+        if entry.version is not None:  # a file: its content must be the attacker's own
+            with ws.services.db.session() as session:
+                assert session.get(FileVersion, entry.version).account_id == attacker_account
         names = [e.name for e in ws.list_dir(path)]
         assert "plan.txt" not in names and "projects" not in names
     except SealdropError:

@@ -8,14 +8,14 @@ import pytest
 
 from common.errors import AlreadyExists, InvalidName, IsAFolder, NotFound, PermissionDenied
 from common.jobs.ingest import ingest_version
-from common.vfs import Principal, Workspace
+from common.vfs import Workspace
+from tests.factories import admin_workspace
 
 
 @pytest.fixture
 def workspace(services, account):
-    me = Principal(account.admin_id, account.id, account.admin_username, "admin", "sftp", "127.0.0.1")
     services.store.ensure_bucket()
-    return Workspace(services, me)
+    return admin_workspace(services, account, door="sftp")
 
 
 def upload(ws: Workspace, path: str, data: bytes):
@@ -128,7 +128,7 @@ def test_a_database_outage_is_a_transient_error(services, account):
     from sqlalchemy.engine import make_url
     url = make_url(services.settings.database_url).set(port=1)  # nothing listens there
     broken = Services(dataclasses.replace(services.settings, database_url=url.render_as_string(False)))
-    ws = Workspace(broken, Principal(account.admin_id, account.id, account.admin_username, "admin", "sftp"))
+    ws = admin_workspace(broken, account, door="sftp")
     with pytest.raises(TransientError):
         ws.list_dir("/")
     broken.close()

@@ -124,7 +124,7 @@ def client_context(cert: Path) -> ssl.SSLContext:
 
 class SessionReusingFTP_TLS(ftplib.FTP_TLS):
     """ftplib's FTP_TLS, resuming the control connection's TLS session on data connections
-    (as FileZilla, curl and lftp do; CLIENTS.md)."""
+    (as FileZilla, curl and lftp do)."""
 
     def ntransfercmd(self, cmd, rest=None):
         conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)

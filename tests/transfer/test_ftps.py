@@ -1,6 +1,6 @@
 """The FTPS door over real FTPS: ftplib, curl and lftp against the in-process server.
 
-Each data-channel attack of SECURITY.md §2.1 is played against the server and must fail;
+Each known data-channel attack on FTP is played against the server and must fail;
 logins go through common.auth, so the lockout and allow-lists are the other doors' too.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ from common import auth
 from common.auth import totp
 from common.errors import AuthFailed
 from common.models import Account, AuditEvent, IpBan, User
-from common.vfs import Principal, Workspace
+from tests.factories import admin_workspace
 from tests.fixtures import REPO_ROOT, STRONG_PASSWORD, client_env, tool
 from tests.transfer.ftps_door import (
     HOST, SessionReusingFTP_TLS, client_context, connect, quit_quietly, running_ftps,
@@ -49,13 +49,8 @@ MIB = 1024 * 1024
 
 # -- helpers ------------------------------------------------------------------------------------------
 
-def workspace_of(services, account) -> Workspace:
-    me = Principal(account.admin_id, account.id, account.admin_username, "admin", "web", HOST)
-    return Workspace(services, me)
-
-
 def exists(services, account, path) -> bool:
-    return any(e.path == path for e in workspace_of(services, account).list_dir(path.rsplit("/", 1)[0] or "/"))
+    return any(e.path == path for e in admin_workspace(services, account).list_dir(path.rsplit("/", 1)[0] or "/"))
 
 
 def reply_code(call) -> str:
@@ -318,7 +313,7 @@ def test_hash_and_x_commands_match_the_stored_fingerprint(ftps_server, account, 
     ftp = connect(ftps_server, account.admin_username, account.password)
     data = os.urandom(300_000)
     ftp.storbinary("STOR /h.bin", io.BytesIO(data))
-    stored = workspace_of(services, account).fingerprint("/h.bin")
+    stored = admin_workspace(services, account).fingerprint("/h.bin")
     assert stored.sha256 == hashlib.sha256(data).digest() and stored.md5 == hashlib.md5(data).digest()
     assert ftp.sendcmd("HASH /h.bin") == f"213 SHA-256 0-{len(data)} {stored.sha256.hex()} /h.bin"
     assert ftp.sendcmd("OPTS HASH MD5") == "200 MD5"
@@ -339,7 +334,7 @@ def test_type_a_stores_and_sends_the_bytes_as_they_are(ftps_server, account, ser
         conn.sendall(data)
         conn.unwrap()
     assert ftp.voidresp().startswith("226")
-    stored = workspace_of(services, account).fingerprint("/ascii.txt")
+    stored = admin_workspace(services, account).fingerprint("/ascii.txt")
     assert (stored.size, stored.sha256, stored.md5) == (
         len(data), hashlib.sha256(data).digest(), hashlib.md5(data).digest())
     ftp.voidcmd("TYPE A")
@@ -358,7 +353,7 @@ def test_the_226_follows_the_commit(ftps_server, account, services):
     for n in range(3):
         data = os.urandom(100_000 + n)
         assert ftp.storbinary("STOR /c.bin", io.BytesIO(data)).startswith("226")
-        assert workspace_of(services, account).fingerprint("/c.bin").sha256 == hashlib.sha256(data).digest()
+        assert admin_workspace(services, account).fingerprint("/c.bin").sha256 == hashlib.sha256(data).digest()
     quit_quietly(ftp)
 
 
@@ -392,7 +387,7 @@ def test_transfers_are_audited_with_protocol_ip_bytes_and_duration(ftps_server, 
         assert row.duration_ms is not None
 
 
-# -- data-channel attacks (SECURITY.md §2.1) -----------------------------------------------------------
+# -- data-channel attacks -----------------------------------------------------------------------------
 
 def test_prot_c_is_refused_and_a_clear_text_data_connection_stores_nothing(ftps_server, account, services):
     ftp = connect(ftps_server, account.admin_username, account.password)
@@ -791,7 +786,7 @@ def test_curl_50_mib_round_trip(ftps_server, account, services, test_env, tmp_pa
     assert down.returncode == 0, down.stderr
     expected = hashlib.sha256(data).digest()
     assert hashlib.sha256((tmp_path / "down.bin").read_bytes()).digest() == expected
-    assert workspace_of(services, account).fingerprint("/big.bin").sha256 == expected
+    assert admin_workspace(services, account).fingerprint("/big.bin").sha256 == expected
     resumed = curl(ftps_server, account, "-C", str(40 * MIB), "-o", "tail.bin", "URL/big.bin",
                    test_env=test_env, tmp_path=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
@@ -836,7 +831,7 @@ def test_lftp_round_trip_listing_and_changes(ftps_server, account, test_env, tmp
 
 
 def rclone(server, account, *args, test_env, tmp_path):
-    """rclone with its default settings on an on-the-fly explicit-FTPS remote (CLIENTS.md)."""
+    """rclone with its default settings on an on-the-fly explicit-FTPS remote."""
     config = tmp_path / "rclone.conf"
     config.touch()
     obscured = run_client([tool("rclone"), "--config", str(config), "obscure", account.password],
@@ -851,7 +846,7 @@ def rclone(server, account, *args, test_env, tmp_path):
 def _rclone_copies_several_files_at_once(settings, tls_files, account, services, test_env, tmp_path, *,
                                           tls_max, upload):
     files = {f"f{n}.bin": os.urandom(random.randrange(200_000, 1_500_000)) for n in range(12)}
-    workspace = workspace_of(services, account)
+    workspace = admin_workspace(services, account)
     if not upload:
         workspace.make_dir("/rc")
     (tmp_path / "up").mkdir()

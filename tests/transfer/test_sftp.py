@@ -39,7 +39,7 @@ from common.errors import AuthFailed, NotFound
 from common.jobs.ingest import ingest_version
 from common.models import AuditEvent, DefenderFailure, FileVersion, User
 from common.services import Services
-from common.vfs import Principal, Workspace
+from tests.factories import admin_workspace
 from tests.fixtures import STRONG_PASSWORD, client_env, tool
 from tests.transfer.sftp_door import (
     SftpStatus, StatusSFTPClient, close_checked, connect, fresh_source, open_transport, start_sftp_server,
@@ -108,11 +108,6 @@ def wait_for(predicate, timeout: float = 15.0):
     return predicate()
 
 
-def workspace(services, account, user_id=None, username=None, role="admin") -> Workspace:
-    return Workspace(services, Principal(user_id or account.admin_id, account.id,
-                                         username or account.admin_username, role, "web", "127.0.0.1"))
-
-
 def user_row(session, services, username: str) -> User:
     return accounts.find_user(session, services.keyring, username)
 
@@ -162,7 +157,7 @@ def test_close_reply_comes_after_the_commit(login, services, account):
     handle.write(payload)
     close_checked(login, handle)
     # No waiting: once CLOSE was answered the version is committed, spooled and visible.
-    entry = workspace(services, account).stat("/c.bin")
+    entry = admin_workspace(services, account).stat("/c.bin")
     assert entry.size == len(payload) and entry.sha256 == hashlib.sha256(payload).digest()
 
 
@@ -198,7 +193,7 @@ def test_out_of_order_writes_within_the_window_are_reordered(login, services, ac
     for index in (1, 0, 3, 2, 5, 4):
         login._request(CMD_WRITE, handle.handle, int64(index * 32 * 1024), pieces[index])
     close_checked(login, handle)
-    assert workspace(services, account).stat("/o.bin").sha256 == hashlib.sha256(b"".join(pieces)).digest()
+    assert admin_workspace(services, account).stat("/o.bin").sha256 == hashlib.sha256(b"".join(pieces)).digest()
 
 
 def test_early_writes_held_in_memory_are_bounded(login, services, account):
@@ -236,7 +231,7 @@ def test_random_offset_writes_and_appends_are_unsupported(login, services, accou
     with pytest.raises(SftpStatus):
         close_checked(login, handle)
     with pytest.raises(NotFound):
-        workspace(services, account).stat("/x.bin")
+        admin_workspace(services, account).stat("/x.bin")
     with pytest.raises(SftpStatus) as refused:
         login.open("/x.bin", "ab")
     assert refused.value.code == SFTP_OP_UNSUPPORTED
@@ -276,7 +271,7 @@ def test_setstat_keeps_times_and_ignores_modes(login, services, account):
     login.utime("/t.txt", (1_600_000_000, 1_600_000_000))
     login.chmod("/t.txt", 0o600)
     assert login.stat("/t.txt").st_mtime == 1_600_000_000
-    assert workspace(services, account).stat("/t.txt").mtime == datetime.fromtimestamp(1_600_000_000, timezone.utc)
+    assert admin_workspace(services, account).stat("/t.txt").mtime == datetime.fromtimestamp(1_600_000_000, timezone.utc)
     with pytest.raises(SftpStatus) as refused:
         login.truncate("/t.txt", 0)
     assert refused.value.code == SFTP_OP_UNSUPPORTED
@@ -318,7 +313,7 @@ def test_openssh_key_login_with_a_key_added_like_users_add_key(sftp_server, serv
     result = sftp_batch(sftp_server, account.admin_username, [f"put {local} /k.txt", "ls -1 /"],
                         client_home, tmp_path, key=key)
     assert result.returncode == 0, result.stderr
-    assert workspace(services, account).stat("/k.txt").size == 6
+    assert admin_workspace(services, account).stat("/k.txt").size == 6
     logins = events(services, account.id, action="login")
     assert [(e.status, e.detail) for e in logins] == [("ok", "publickey")]
 
@@ -339,7 +334,7 @@ def test_rclone_round_trip_sets_the_modification_time(sftp_server, services, acc
     down = run([tool("rclone"), *common, "copyto", remote + "/rc/r.bin", str(back)], client_home)
     assert down.returncode == 0, down.stderr
     assert hashlib.sha256(back.read_bytes()).digest() == hashlib.sha256(data).digest()
-    entry = workspace(services, account).stat("/rc/r.bin")
+    entry = admin_workspace(services, account).stat("/rc/r.bin")
     assert entry.mtime == datetime.fromtimestamp(1_500_000_000, timezone.utc)
 
 
@@ -418,7 +413,7 @@ def test_a_client_killed_mid_upload_leaves_no_file_and_no_object(sftp_server, se
     aborted = wait_for(lambda: [e for e in events(services, account.id, action="upload") if e.status == "failed"])
     assert aborted and aborted[0].detail == "session ended" and aborted[0].nbytes > 0
     with pytest.raises(NotFound):
-        workspace(services, account).stat("/slow.bin")
+        admin_workspace(services, account).stat("/slow.bin")
     assert not set(spool.tmp.iterdir()) - temps_before
     assert set(spool.ready_keys()) - ready_before == set()
 
@@ -752,11 +747,11 @@ def test_a_permission_refusal_is_audited_once(login, services, account):
     assert [(e.detail, e.status) for e in denied] == [("upload", "refused")]
 
 
-# -- issue 9: pre-auth parsing, failed downloads, windows and handles, refusals, logs -------------
+# -- pre-auth parsing, failed downloads, windows and handles, refusals, logs -------------
 
 def _server_side(server) -> paramiko.Transport:
     """The server transport of the one connection a private server holds."""
-    return wait_for(lambda: next((t for _, t in list(server._sessions.values()) if t is not None), None))
+    return wait_for(lambda: next(iter(server.transports()), None))
 
 
 class _ClaimsMany(list):
@@ -797,7 +792,7 @@ def test_keyboard_interactive_answers_we_did_not_ask_for_end_the_connection(serv
 def _stored_file(services, account, path: str, data: bytes) -> FileVersion:
     """A file uploaded and ingested into the object store; its version row."""
     services.store.ensure_bucket()
-    ws = workspace(services, account)
+    ws = admin_workspace(services, account)
     upload = ws.open_write(path)
     upload.write(data)
     upload.commit()

@@ -12,7 +12,6 @@ from OpenSSL import SSL
 from pyftpdlib.handlers.ftp.producers import BufferedIteratorProducer, FileProducer
 from pyftpdlib.handlers.ftps.control import TLS_FTPHandler
 
-from common import auth
 from common.errors import AuthFailed, Banned, PermissionDenied, SealdropError, Unsupported
 from common.services import Services
 from common.vfs import Principal, Workspace
@@ -21,6 +20,7 @@ from transfer.ftps.data import WorkspaceDTPHandler, WorkspacePassiveDTP
 from transfer.ftps.filesystem import DownloadFile, UploadFile, WorkspaceFS
 from transfer.ftps.replies import reply_for
 from transfer.ftps.tls import SessionOwner, TLSSessions
+from transfer.sessions import LogoutAudit, address_banned
 
 # One logger for the whole door, named after the package.
 log = logging.getLogger(__package__)
@@ -84,7 +84,7 @@ class FTPSHandler(TLS_FTPHandler):
         self._slot = self._login_deadline = None
         self.principal: Principal | None = None
         self.tls_owner = SessionOwner()  # owns the TLS sessions issued to this connection
-        self._logged_in_at: float | None = None
+        self.logout_audit = LogoutAudit("ftps", self.session_id)
         self._hash_algorithm = "SHA-256"
         self._ban_checked = False
         self._discarding = False
@@ -197,7 +197,7 @@ class FTPSHandler(TLS_FTPHandler):
         # At the first command rather than at accept: that runs on this session's own thread,
         # so a slow database never stalls the accept loop.
         self._ban_checked = True
-        if auth.is_banned(self.services, self.remote_ip):
+        if address_banned(self.services, "ftps", self.session_id, self.remote_ip):
             raise Banned()
 
     def _audit_unknown_site(self, arg: str) -> None:
@@ -224,7 +224,7 @@ class FTPSHandler(TLS_FTPHandler):
         self.handle_auth_success("/", "", self.authorizer.get_msg_login(self.username))
 
     def on_login(self, username):
-        self._logged_in_at = time.monotonic()
+        self.logout_audit.logged_in(self.workspace)
         self._slot.logged_in()
         if self._login_deadline is not None:
             self._login_deadline.cancel()
@@ -232,18 +232,13 @@ class FTPSHandler(TLS_FTPHandler):
         log.info("ftps session %s: user %s logged in", self.session_id, self.principal.user_id)
 
     def on_logout(self, username):
-        self._record_logout()
+        self.logout_audit.record()
 
     def close(self):
-        self._record_logout()  # a session that drops without QUIT ends here
+        self.logout_audit.record()  # a session that drops without QUIT ends here
         if self._slot is not None:
             self._slot.release()
         super().close()
-
-    def _record_logout(self):
-        if self._logged_in_at is not None and self.principal is not None:
-            started, self._logged_in_at = self._logged_in_at, None
-            Workspace(self.services, self.principal).record_logout(started)
 
     def flush_account(self):
         self.drop_queued_transfers()

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 
 from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import ThreadedFTPServer
 
-from common.admission import Admission
+from common import door_keys
 from common.errors import ConfigError
 from common.services import Services
-from transfer import process
+from transfer import process, sessions
 from transfer.ftps.control import FTPSHandler, ImplicitFTPSHandler
 from transfer.ftps.tls import TLSSessions
 
@@ -28,14 +29,10 @@ class FTPSServer(ThreadedFTPServer):
         self._exit = threading.Event()
         self._lock = threading.Lock()
         super().__init__(address, handler, ioloop=ioloop, backlog=backlog)
-        self.max_cons_per_ip = handler.services.settings.max_sessions_per_ip
-        self.admission = ftps_admission(handler.services.settings, self.max_cons)
-
-
-def ftps_admission(settings, max_total: int) -> Admission:
-    """The connection slots of an FTPS process: per client, and for connections not logged in."""
-    return process.session_admission("ftps", max_total, per_client=settings.max_sessions_per_ip,
-                                     unauthenticated_per_client=settings.max_unauthenticated_per_ip)
+        limits = sessions.SessionLimits.from_settings(handler.services.settings)
+        # pyftpdlib's own checks agree with our slots (common.admission), which refuse first.
+        self.max_cons, self.max_cons_per_ip = limits.max_sessions, limits.max_sessions_per_ip
+        self.admission = sessions.admission("ftps", limits)
 
 
 def handler_class(services: Services, *, implicit: bool = False) -> type[FTPSHandler]:
@@ -66,7 +63,14 @@ def build_servers(services: Services, host: str) -> list[FTPSServer]:
         servers.append(FTPSServer((host, settings.ftps_implicit_port),
                                   handler_class(services, implicit=True), ioloop=ioloop))
         servers[1].admission = servers[0].admission  # one process, one count for both ports
+    publish_certificate(services)
     return servers
+
+
+def publish_certificate(services: Services) -> None:
+    """Publish the certificate's fingerprint for the portal, which never reads the key files."""
+    pem = Path(services.settings.tls_cert_file).read_bytes()
+    door_keys.publish(services, "ftps", door_keys.TLS_CERTIFICATE, door_keys.certificate_fingerprint(pem))
 
 
 def serve(servers: list[FTPSServer], stop: threading.Event, poll_seconds: float = 0.25) -> None:

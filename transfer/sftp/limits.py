@@ -1,9 +1,10 @@
-"""Caps that keep one client, or one address, from taking the whole process, and the SFTP sizes."""
+"""The SFTP door's limits: the frame's session caps plus its idle timeout, and the SFTP sizes."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from transfer.sessions import SessionLimits
 
 # SFTP limits: OpenSSH's sftp-server caps messages at 256 KiB; clients write 32 KiB at a time.
 MAX_PACKET = 256 * 1024 + 1024
@@ -23,17 +24,8 @@ HASHES = {"md5": "md5", "sha256": "sha256"}
 
 
 @dataclass(frozen=True)
-class Limits:
-    """Caps that keep one client, or one address, from taking the whole process."""
+class Limits(SessionLimits):
+    """The session caps every transfer door has (`SessionLimits.from_settings`), and how long
+    a logged-in SFTP session may stay idle."""
 
-    max_sessions: int = 500
-    max_sessions_per_ip: int = 50
-    max_unauthenticated_per_ip: int = 10
-    auth_timeout: float = 30.0
     idle_timeout: float = 900.0
-
-    @classmethod
-    def from_settings(cls, settings) -> "Limits":
-        return cls(max_sessions_per_ip=settings.max_sessions_per_ip,
-                   max_unauthenticated_per_ip=settings.max_unauthenticated_per_ip,
-                   auth_timeout=float(settings.login_timeout_seconds))

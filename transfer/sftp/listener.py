@@ -12,10 +12,10 @@ from pathlib import Path
 import paramiko
 from paramiko.ssh_exception import SSHException
 
-from common import auth
+from common import auth, door_keys
 from common.errors import ConfigError, SealdropError
 from common.services import Services
-from transfer import process
+from transfer import process, sessions
 from transfer.sftp.limits import Limits
 from transfer.sftp.session import SshSession
 from transfer.sftp.subsystem import WorkspaceSFTPServer
@@ -38,11 +38,12 @@ class SftpServer:
         self._lock = threading.Lock()
         self._sessions: dict[threading.Thread, tuple[str, HardenedTransport | None]] = {}
         self._acceptor: threading.Thread | None = None
-        self.admission = process.session_admission(
-            "sftp", limits.max_sessions, per_client=limits.max_sessions_per_ip,
-            unauthenticated_per_client=limits.max_unauthenticated_per_ip)
+        self.admission = sessions.admission("sftp", limits)
 
     def start(self) -> "SftpServer":
+        # Published before the first connection, so the portal never shows a key not served.
+        door_keys.publish(self.services, "sftp", self.host_key.get_name(),
+                          door_keys.ssh_fingerprint(self.host_key.asbytes()))
         listener = socket.create_server(self.address, reuse_port=False)
         listener.settimeout(0.5)  # so stop() is noticed without closing under accept()
         self._listener, self.port = listener, listener.getsockname()[1]
@@ -64,6 +65,11 @@ class SftpServer:
             thread.join(timeout)
         if self._listener is not None:
             self._listener.close()
+
+    def transports(self) -> list[HardenedTransport]:
+        """The server transports of the sessions held now."""
+        with self._lock:
+            return [transport for _, transport in self._sessions.values() if transport is not None]
 
     def _accept_loop(self) -> None:
         while not self._stopping.is_set():
@@ -100,8 +106,7 @@ class SftpServer:
         with self._lock:
             self._sessions[threading.current_thread()] = (ip, transport)
         try:
-            if auth.is_banned(self.services, ip):
-                log.info("sftp session %s: address banned, disconnected", session.id)
+            if sessions.address_banned(self.services, "sftp", session.id, ip):
                 return
             negotiated = threading.Event()
             transport.start_server(event=negotiated, server=session)

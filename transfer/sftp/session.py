@@ -18,6 +18,7 @@ from common import auth
 from common.errors import AuthFailed, Banned, SealdropError
 from common.services import Services
 from common.vfs import Principal, Workspace
+from transfer.sessions import LogoutAudit
 from transfer.sftp.limits import MAX_HANDLES, MAX_SESSION_CHANNELS
 
 # One logger for the whole door, named after the package.
@@ -39,6 +40,7 @@ class SshSession(paramiko.ServerInterface):
         self.services, self.ip, self.id = services, ip, session_id
         self.result: auth.AuthResult | None = None
         self.workspace: Workspace | None = None
+        self.logout_audit = LogoutAudit(PROTOCOL, session_id)
         self.must_disconnect = False
         self.last_activity = time.monotonic()
         self.busy = 0
@@ -141,7 +143,7 @@ class SshSession(paramiko.ServerInterface):
     def _logged_in(self, result: auth.AuthResult) -> int:
         self.result = result
         self.workspace = Workspace(self.services, Principal.from_login(result))
-        self.logged_in_at = time.monotonic()
+        self.logout_audit.logged_in(self.workspace)
         log.info("sftp session %s: user %s of account %s logged in (%s)",
                  self.id, result.user_id, result.account_id, result.method)
         return AUTH_SUCCESSFUL
@@ -150,8 +152,7 @@ class SshSession(paramiko.ServerInterface):
         """The connection is gone: one login_failed if it never logged in and nothing was audited."""
         if self.result is None and self._username is not None and not self._failure_audited:
             auth.record_unauthenticated_end(self.services, self._username, PROTOCOL, self.ip)
-        if self.workspace is not None:
-            self.workspace.record_logout(self.logged_in_at)
+        self.logout_audit.record()
         log.info("sftp session %s: ended", self.id)
 
     # -- channels: a session channel for the sftp subsystem, nothing else --

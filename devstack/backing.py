@@ -205,12 +205,15 @@ def stop_services(data_dir: Path) -> None:
 
 def running_services(data_dir: Path) -> list[str]:
     """Names of the services under data_dir whose recorded process is alive."""
+    return list(running_pids(data_dir))
+
+
+def running_pids(data_dir: Path) -> dict[str, int]:
+    """The pid of each service under data_dir whose recorded process is alive, by name."""
     layout = Layout(Path(data_dir).resolve())
-    alive = [name for name in ("valkey", "seaweedfs")
-             if _recorded_pid(layout, name) is not None]
-    if _postmaster_pid(layout) is not None:
-        alive.insert(0, "postgres")
-    return alive
+    pids = {"postgres": _postmaster_pid(layout),
+            **{name: _recorded_pid(layout, name) for name in ("valkey", "seaweedfs")}}
+    return {name: pid for name, pid in pids.items() if pid is not None}
 
 
 def service_environment(ports: Ports, secrets: ServiceSecrets, *,
