@@ -7,7 +7,7 @@ import threading
 import pytest
 from sqlalchemy import select, text
 
-from common import accounts, auth, directory, sharing
+from common import accounts, auth, directory, passwords, sharing
 from common.auth import totp
 from common.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
 from common.models import Account, Contact, RecoveryCode, Share, User
@@ -34,6 +34,9 @@ def test_an_invited_user_has_no_password_and_no_password_opens_their_account(ser
                                     email=f"{name}@example.test", password=None)
         user_id = user.id
     assert row(services, user_id).password_hash is None
+    work = passwords.hashing_work_done()
+    refused(lambda: login(services, name, STRONG_PASSWORD))
+    assert passwords.hashing_work_done() - work == 1  # the same work as a wrong password
     for guess in ("", "x", STRONG_PASSWORD):
         for door in ("web", "ftps", "sftp"):
             refused(lambda: login(services, name, guess, protocol=door))
