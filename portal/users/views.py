@@ -138,7 +138,7 @@ def reset_password(user_id: int):
     if not ButtonForm().validate_on_submit():
         abort(400)
     _on_user(user_id, lambda db, account, user, actor: audit_change(  # a user of my account, or a 404
-        db, keyring(), actor, account.id, f"user {user.id} sent a password reset link"))
+        db, keyring(), actor, account.id, f"password reset link sent to user {user.id}"))
     invitations.enqueue_password_link(services(), user_id, "reset")
     flash("A password reset link is on its way to the user's email; their sessions are ended.", "success")
     return _back_to(user_id)

@@ -290,7 +290,7 @@ def test_a_password_reset_ends_sessions_and_mails_a_link(signed_in, services, po
     run_mail_job(mailer, user_id, "reset")
     [(recipients, _)] = smtp_server.messages
     assert recipients == [f"{name}@example.test"]
-    assert f"user {user_id} sent a password reset link" in admin_details(services, signed_in.account.id)
+    assert f"password reset link sent to user {user_id}" in admin_details(services, signed_in.account.id)
 
 
 def test_an_mfa_reset_removes_the_authenticator_and_the_codes(signed_in, services, make_user):
