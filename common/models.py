@@ -7,10 +7,10 @@ path or secret is ever stored in clear. Times are timezone-aware UTC.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import (
-    BigInteger, Boolean, CheckConstraint, DateTime, ForeignKey, Index, Integer, LargeBinary,
+    BigInteger, Boolean, CheckConstraint, Date, DateTime, ForeignKey, Index, Integer, LargeBinary,
     String, Text, UniqueConstraint, func, text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, CIDR, INET, JSONB, UUID
@@ -21,7 +21,9 @@ from common.db import Base
 TIERS = ("basic", "t2", "t5", "t10")
 ENTERPRISE_TIERS = ("t2", "t5", "t10")
 ROLES = ("admin", "user")
-PERMISSIONS = ("read", "write")
+PERMISSIONS = ("read", "write")  # what a user of the account may be given
+# What a share or link may carry: a contact's request link ("send me files") uploads only.
+SHARE_PERMISSIONS = (*PERMISSIONS, "request")
 VERSION_STATES = ("spooled", "stored", "failed")
 
 
@@ -79,6 +81,10 @@ class Account(Base):
     link_max_days: Mapped[int] = mapped_column(Integer, default=30, server_default=text("30"))
     link_password_required: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     request_links_allowed: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
+    # Which mails users get unless they chose otherwise (users.notify_*).
+    notify_uploads_default: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
+    notify_alerts_default: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
+    notify_exports_default: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime] = _now()
     __table_args__ = (CheckConstraint(_in("tier", TIERS), name="tier"),)
 
@@ -121,6 +127,10 @@ class User(Base):
     last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Set when the policy tightens: the next web sign-in goes to the password page first.
     must_change_password: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # The user's own choice of mails; None: the account's default.
+    notify_uploads: Mapped[bool | None] = mapped_column(Boolean)
+    notify_alerts: Mapped[bool | None] = mapped_column(Boolean)
+    notify_exports: Mapped[bool | None] = mapped_column(Boolean)
     created_at: Mapped[datetime] = _now()
     __table_args__ = (
         CheckConstraint(_in("role", ROLES), name="role"),
@@ -269,10 +279,13 @@ class Share(Base):
     grantee_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     grantee_contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
     permission: Mapped[str] = mapped_column(String(8))
+    # Files that arrived through the share's links since its owner was last told (one mail for many).
+    arrivals_pending: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    arrivals_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _now()
     __table_args__ = (
         CheckConstraint("(grantee_user_id IS NULL) <> (grantee_contact_id IS NULL)", name="one_grantee"),
-        CheckConstraint(_in("permission", PERMISSIONS), name="permission"),
+        CheckConstraint(_in("permission", SHARE_PERMISSIONS), name="permission"),
         UniqueConstraint("folder_id", "grantee_user_id"),
         UniqueConstraint("folder_id", "grantee_contact_id"),
     )
@@ -294,7 +307,47 @@ class ShareLink(Base):
     created_by_id: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = _now()
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    __table_args__ = (CheckConstraint(_in("permission", PERMISSIONS), name="permission"),)
+    password_hash: Mapped[str | None] = mapped_column(Text)  # argon2id; None: no password asked
+    __table_args__ = (CheckConstraint(_in("permission", SHARE_PERMISSIONS), name="permission"),)
+
+
+class AuditExport(Base):
+    """One account's export of one UTC day: the CSV and XLSX in /Audit Logs and the day's chain head."""
+
+    __tablename__ = "audit_exports"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    day: Mapped[date] = mapped_column(Date)
+    csv_node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id", ondelete="SET NULL"))
+    xlsx_node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id", ondelete="SET NULL"))
+    events: Mapped[int] = mapped_column(BigInteger)
+    chain_head: Mapped[bytes] = mapped_column(LargeBinary(32))
+    created_at: Mapped[datetime] = _now()
+    __table_args__ = (UniqueConstraint("account_id", "day"),)
+
+
+class ChainCheck(Base):
+    """The result of one verification of an account's audit chain (run as a job from the portal)."""
+
+    __tablename__ = "chain_checks"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    events: Mapped[int] = mapped_column(BigInteger)
+    head: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    detail: Mapped[str | None] = mapped_column(Text)
+    checked_at: Mapped[datetime] = _now()
+
+
+class Follow(Base):
+    """A user follows a folder: uploads into it reach them as a digest mail."""
+
+    __tablename__ = "follows"
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    folder_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True, index=True)
+    pending: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    pending_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now()
 
 
 class IpRule(Base):
