@@ -10,15 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from common import accounts, audit, paths, refs, sharing
+from common import accounts, audit, doors, paths, refs, sharing
 from common.accounts import Actor
 from common.crypto import Keyring
 from common.errors import InvalidInput, NotFound, PermissionDenied
 from common.jobs.invitations import enqueue_share_invitation
-from common.models import Account, Contact, Node, Share, ShareLink, User
+from common.models import Account, AuditEvent, Contact, Node, Share, ShareLink, User
 from common.services import Services
 from common.vfs import RESERVED_ROOT_NAMES, Entry, Workspace
 
@@ -189,7 +189,8 @@ def revoke_account_link(session: Session, keyring: Keyring, account_id: int, lin
 
 def my_share(session: Session, keyring: Keyring, owner_id: int, share_id: int) -> ShareRow:
     """One of my shares as the pages show it (another's is NotFound)."""
-    return _share_row(session, keyring, _my_share(session, owner_id, share_id), datetime.now(timezone.utc))
+    share = _my_share(session, owner_id, share_id)
+    return _share_row(session, keyring, share, datetime.now(timezone.utc), _last_uses(session, share.account_id))
 
 
 def my_link(session: Session, keyring: Keyring, owner_id: int, link_id: int) -> LinkRow:
@@ -198,7 +199,7 @@ def my_link(session: Session, keyring: Keyring, owner_id: int, link_id: int) -> 
     if link is None or link.share_id is None:
         raise NotFound("No such link.")
     _my_share(session, owner_id, link.share_id)
-    return _described(session, keyring, link, datetime.now(timezone.utc))
+    return _described(session, keyring, link, datetime.now(timezone.utc), _last_uses(session, link.account_id))
 
 
 def account_link(session: Session, keyring: Keyring, account_id: int, link_id: int) -> LinkRow:
@@ -206,13 +207,14 @@ def account_link(session: Session, keyring: Keyring, account_id: int, link_id: i
     link = session.get(ShareLink, link_id)
     if link is None or link.account_id != account_id:
         raise NotFound("No such link.")
-    return _described(session, keyring, link, datetime.now(timezone.utc))
+    return _described(session, keyring, link, datetime.now(timezone.utc), _last_uses(session, account_id))
 
 
 def shares_by(session: Session, keyring: Keyring, owner_id: int) -> list[ShareRow]:
     """My shares, by folder name then grantee, each with its links newest first."""
-    now = datetime.now(timezone.utc)
-    rows = [_share_row(session, keyring, share, now)
+    now, owner = datetime.now(timezone.utc), session.get(User, owner_id)
+    last_uses = _last_uses(session, owner.account_id)
+    rows = [_share_row(session, keyring, share, now, last_uses)
             for share in session.scalars(select(Share).where(Share.owner_id == owner_id))]
     return sorted(rows, key=lambda row: (row.folder.casefold(), row.grantee.casefold(), row.id))
 
@@ -222,7 +224,8 @@ def account_links(session: Session, keyring: Keyring, account_id: int) -> list[L
     now = datetime.now(timezone.utc)
     links = session.scalars(select(ShareLink).where(ShareLink.account_id == account_id)
                             .order_by(ShareLink.expires_at, ShareLink.id))
-    rows = [_described(session, keyring, link, now) for link in links]
+    last_uses = _last_uses(session, account_id)
+    rows = [_described(session, keyring, link, now, last_uses) for link in links]
     return sorted(rows, key=lambda row: not row.is_live)
 
 
@@ -233,28 +236,30 @@ def _my_share(session: Session, owner_id: int, share_id: int) -> Share:
     return share
 
 
-def _share_row(session: Session, keyring: Keyring, share: Share, now: datetime) -> ShareRow:
+def _share_row(session: Session, keyring: Keyring, share: Share, now: datetime,
+               last_uses: dict[int, datetime]) -> ShareRow:
     links = session.scalars(select(ShareLink).where(ShareLink.share_id == share.id).order_by(ShareLink.id.desc()))
     return ShareRow(share.id, refs.node_ref(share.folder_id), _folder_name(session, keyring, share.folder_id),
                     _grantee_name(session, keyring, share), share.grantee_contact_id is not None,
-                    share.permission, [_link_row(session, link, now) for link in links])
+                    share.permission, [_link_row(session, link, now, last_uses) for link in links])
 
 
-def _described(session: Session, keyring: Keyring, link: ShareLink, now: datetime) -> LinkRow:
+def _described(session: Session, keyring: Keyring, link: ShareLink, now: datetime,
+               last_uses: dict[int, datetime]) -> LinkRow:
     """A link with the names an admin sees: the share's owner, the folder and the contact."""
     share = session.get(Share, link.share_id) if link.share_id else None
     owner = session.get(User, share.owner_id) if share else None
-    row = _link_row(session, link, now)
+    row = _link_row(session, link, now, last_uses)
     return LinkRow(**{**row.__dict__, "owner": accounts.user_name(session, keyring, owner) if owner else None,
                       "folder": _folder_name(session, keyring, link.folder_id),
                       "contact": _grantee_name(session, keyring, share) if share else None})
 
 
-def _link_row(session: Session, link: ShareLink, now: datetime) -> LinkRow:
+def _link_row(session: Session, link: ShareLink, now: datetime, last_uses: dict[int, datetime]) -> LinkRow:
     left = link.expires_at - now
     return LinkRow(link.id, link.share_id, link.permission, _state(session, link, now), link.expires_at,
                    left.days, link.use_count, link.max_uses, link.password_hash is not None,
-                   _last_used(session, link))
+                   last_uses.get(link.id))
 
 
 def _state(session: Session, link: ShareLink, now: datetime) -> str:
@@ -270,8 +275,14 @@ def _state(session: Session, link: ShareLink, now: datetime) -> str:
     return REPLACED  # its share changed (a new permission) since it was made
 
 
-def _last_used(session: Session, link: ShareLink) -> datetime | None:
-    return None
+def _last_uses(session: Session, account_id: int) -> dict[int, datetime]:
+    """When each link of the account was last used: its newest event through the link door
+    (the Workspace names the link first in the detail of each: "link <id>" or "link <id>; ...")."""
+    link_id = func.substring(AuditEvent.detail, r"^link ([0-9]+)(;|$)")
+    rows = session.execute(select(link_id, func.max(AuditEvent.at)).where(
+        AuditEvent.account_id == account_id, AuditEvent.protocol == doors.LINK.audit_protocol,
+        link_id.is_not(None)).group_by(link_id))
+    return {int(found): at for found, at in rows}
 
 
 def _folder_name(session: Session, keyring: Keyring, folder_id: int) -> str:
