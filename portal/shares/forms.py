@@ -1,13 +1,14 @@
 """The sharing forms; every change is a POST carrying its CSRF token."""
 from flask_wtf import FlaskForm
 from wtforms import IntegerField, PasswordField, RadioField, StringField, SubmitField
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 from common.passwords import MAX_LENGTH
 
-PERMISSION_CHOICES = (("read", "Read: browse and download"),
-                      ("write", "Read and write: also upload and make folders"),
-                      ("request", "Request files: a contact uploads only and sees nothing of the folder"))
+PERMISSION_CHOICES = (SelectChoice("read", "Read: browse and download"),
+                      SelectChoice("write", "Read and write: also upload and make folders"),
+                      SelectChoice("request", "Request files: a contact uploads only and sees nothing of the folder"))
 
 
 # The link fields, made by functions so that each form lists them after its own fields.
@@ -30,7 +31,7 @@ class ShareForm(FlaskForm):
     to = StringField("Share with", validators=[DataRequired(), Length(max=320)],
                      description="A user name of your account, or the email address of someone outside it "
                                  "(they get a link by mail; the link settings below are for them).")
-    permission = RadioField("They may", choices=PERMISSION_CHOICES, default="read")
+    permission = RadioField("They may", choices=list(PERMISSION_CHOICES), default="read")
     expires_in_days = _expiry()
     password = _password()
     max_downloads = _download_limit()
@@ -54,5 +55,5 @@ def apply_policy(form, policy):
     if policy.password_required:
         form.password.label.text = "Link password (required in this account)"
     if isinstance(form, ShareForm) and not policy.request_links_allowed:
-        form.permission.choices = [choice for choice in PERMISSION_CHOICES if choice[0] != "request"]
+        form.permission.choices = [choice for choice in PERMISSION_CHOICES if choice.value != "request"]
     return form
