@@ -276,12 +276,12 @@ def _state(session: Session, link: ShareLink, now: datetime) -> str:
 
 
 def _last_uses(session: Session, account_id: int) -> dict[int, datetime]:
-    """When each link of the account was last used: its newest event through the link door
+    """When each link of the account was last used: its newest successful event through the link door
     (the Workspace names the link first in the detail of each: "link <id>" or "link <id>; ...")."""
     link_id = func.substring(AuditEvent.detail, r"^link ([0-9]+)(;|$)")
     rows = session.execute(select(link_id, func.max(AuditEvent.at)).where(
         AuditEvent.account_id == account_id, AuditEvent.protocol == doors.LINK.audit_protocol,
-        link_id.is_not(None)).group_by(link_id))
+        AuditEvent.status == "ok", link_id.is_not(None)).group_by(link_id))
     return {int(found): at for found, at in rows}
 
 

@@ -14,7 +14,7 @@ from redis import Redis
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from common import accounts, audit, passwords, paths
+from common import accounts, audit, doors, passwords, paths
 from common.auth import address_group
 from common.crypto import Keyring
 from common.errors import InvalidInput, NotFound, PermissionDenied
@@ -214,6 +214,15 @@ def check_link_password(redis: Redis, link: ShareLink, password: str, ip: str | 
         pipe.expire(key, LINK_PASSWORD_WINDOW_SECONDS, nx=True)
     pipe.execute()
     return False
+
+
+def record_link_visit(session: Session, keyring: Keyring, link: ShareLink, ip: str | None, *,
+                      status: str = "ok", detail: str | None = None) -> None:
+    """Audit a visit through a link (`link_access`, door `link`), or a refused password (`denied`)."""
+    audit.record(session, keyring, audit.Event(
+        action="link_access" if status == "ok" else "denied", protocol=doors.LINK.audit_protocol,
+        status=status, account_id=link.account_id, ip=ip,
+        detail="; ".join(filter(None, (f"link {link.id}", detail)))))
 
 
 def record_arrival(session: Session, share_id: int) -> None:

@@ -333,3 +333,15 @@ def test_the_cli_and_the_share_dialog_make_the_same_share_and_the_same_mail(
     assert page_mail[4] != cli_mail[4]
     with services.db.session() as db:  # the mailed token opens the link it was issued for
         assert sharing.live_link(db, cli_mail[4]).id == cli_link_id
+
+
+def test_the_mailed_link_opens_shows_as_used_and_dies_when_revoked_from_my_page(
+        signed_in, mine, services, mailer, smtp_server, portal_app):
+    shared = share_as_owner(services, signed_in.account, mine, "c@example.test")
+    *_, token = mailed(mailer, smtp_server, shared.share_id)
+    visitor = portal_app.test_client()
+    assert "last used never" in " ".join(text_of(signed_in.get("/shares/")).split())
+    assert visitor.get(f"/s/{token}").status_code == 200
+    assert "last used never" not in " ".join(text_of(signed_in.get("/shares/")).split())
+    assert signed_in.submit(f"/shares/links/{shared.link_id}/revoke").status_code == 303
+    assert visitor.get(f"/s/{token}").status_code == 404  # the same visitor's next request
