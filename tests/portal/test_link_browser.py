@@ -14,28 +14,12 @@ from playwright.sync_api import expect
 
 from common.jobs.invitations import send_share_invitation
 from common.services import Services
-from portal import create_app
 from tests.links import make_link, shared_projects
-from tests.portal.browser import chromium, serving
-from tests.portal.test_browser import LAPTOP, shoot
+from tests.portal.test_browser import LAPTOP, browser, live_portal, shoot  # noqa: F401  (fixtures)
 from tests.smtp import smtp_server  # noqa: F401  (fixture)
 from tests.transfer.sftp_door import connect, sftp_host_key_file, sftp_server  # noqa: F401  (fixtures)
 
 MAIL_LINK = re.compile(r"(https://\S+/s/[A-Za-z0-9_-]{43,})")
-
-
-@pytest.fixture(scope="module")
-def live_portal(settings, migrated, tls_files):
-    app = create_app(settings)
-    with serving(app, tls_files) as portal:
-        yield portal
-    app.extensions["sealdrop"].close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as browser:
-        yield browser
 
 
 @pytest.fixture
