@@ -709,8 +709,8 @@ class Workspace:
     def _node_entry(path: str, node: Node, version: FileVersion | None, permission: str,
                     name: str | None = None) -> Entry:
         name = name or paths.parts(path)[-1]
-        if node.kind == "folder":
-            return Entry(name, path, "folder", mtime=node.mtime, writable=permission == "write",
+        if node.kind == "folder":  # a request link's folder takes uploads too
+            return Entry(name, path, "folder", mtime=node.mtime, writable=permission in ("write", "request"),
                          id=refs.node_ref(node.id))
         return Entry(name, path, "file", size=version.size if version else 0, mtime=node.mtime,
                      writable=permission == "write", md5=version.md5 if version else None,
