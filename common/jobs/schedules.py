@@ -10,12 +10,14 @@ timeout are its own (`@job`).
   re-queues lost ingests, removes stale temp and orphan spool files and runs the purge
   (deleted files' ciphertext goes within about a minute);
 - every hour, fixity: re-verify a bounded batch of stored files, least recently checked first;
-- every ten minutes, drop lockout, defender and ban rows whose windows have passed.
+- every ten minutes, drop lockout, defender and ban rows whose windows have passed;
+- every minute, mail owners how many files arrived through their share links (batched).
 """
 from __future__ import annotations
 
 from rq import cron
 
+from common.jobs.arrivals import arrivals_digest
 from common.jobs.fixity import fixity
 from common.jobs.login_state import prune_login_state
 from common.jobs.registry import FAILURE_TTL
@@ -25,6 +27,7 @@ SCHEDULES = (
     dict(func=sweep_all, interval=60, name="sweep-fan-out"),
     dict(func=fixity, cron="17 * * * *", name="fixity"),
     dict(func=prune_login_state, interval=600, name="prune-login-state"),
+    dict(func=arrivals_digest, interval=60, name="arrivals-digest"),
 )
 
 for _schedule in SCHEDULES:

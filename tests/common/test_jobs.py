@@ -29,7 +29,7 @@ QUEUED_NAMES = {
     "common.jobs.ingest.ingest", "common.jobs.purge.purge", "common.jobs.sweep.sweep",
     "common.jobs.sweep.sweep_all", "common.jobs.fixity.fixity", "common.jobs.alerts.integrity_alert",
     "common.jobs.invitations.share_invitation", "common.jobs.login_state.prune_login_state",
-    "common.jobs.invitations.password_link",
+    "common.jobs.invitations.password_link", "common.jobs.arrivals.arrivals_digest",
 }
 
 
