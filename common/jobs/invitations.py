@@ -6,13 +6,14 @@ Each job makes its token when it runs, so no token ever waits in Redis or in cle
 from __future__ import annotations
 
 import logging
+
 from rq import Retry
 from sqlalchemy import select
 
 from common import accounts, mail, sharing
 from common.auth import address_group, password_links
-from common.jobs.registry import MAIL_QUEUE, enqueue_once, job, worker_services
 from common.errors import InvalidInput
+from common.jobs.registry import MAIL_QUEUE, enqueue_once, job, worker_services
 from common.models import Contact, Share, User
 from common.services import Services
 

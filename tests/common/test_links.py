@@ -3,9 +3,8 @@ only by the mail job, what kills a link, download counting, password limits, req
 uploads that never overwrite, and the arrivals digest."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-
 import secrets
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import select
@@ -16,8 +15,8 @@ from common.jobs.arrivals import send_arrival_digests
 from common.jobs.invitations import send_share_invitation
 from common.models import Contact, Share, ShareLink, User
 from common.vfs import Principal, Workspace
-from tests.smtp import mailer, smtp_server  # noqa: F401  (fixtures)
 from tests.links import events, make_link, owner_workspace, set_policy, shared_projects, write_file
+from tests.smtp import mailer, smtp_server  # noqa: F401  (fixtures)
 
 
 def visitor(services, account, share_id, link_id=None) -> Workspace:

@@ -22,38 +22,15 @@ import time
 from urllib.parse import urlsplit
 
 import pyotp
-import pytest
 from playwright.sync_api import Page, expect
 from rq.job import Job
 
 from common import accounts
 from common.jobs.invitations import send_password_link
-from portal import create_app
-from tests.fixtures import REPO_ROOT, client_env, tool
-from tests.portal.browser import chromium, serving
+from tests.fixtures import client_env, tool
+from tests.portal.browser import LAPTOP, browser, live_portal, shoot  # noqa: F401  (fixtures)
 
-SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
-LAPTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
-
-
-@pytest.fixture(scope="module")
-def live_portal(settings, migrated, tls_files):
-    app = create_app(settings)
-    with serving(app, tls_files) as portal:
-        yield portal
-    app.extensions["sealdrop"].close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as browser:
-        yield browser
-
-
-def shoot(page: Page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
 def sign_in(page: Page, url: str, username: str, password: str) -> None:
