@@ -100,6 +100,10 @@ def test_a_user_walks_the_portal_in_a_browser(live_portal, browser, account, ftp
     page.fill("#name", "Reports 2026")
     page.get_by_role("button", name="Create folder").click()
     open_folder(page, "Reports 2026")
+    page.click("#share-folder")
+    expect(page.locator("h1")).to_contain_text("Share")
+    shoot(page, "share-dialog")
+    page.go_back()
     form_file = tmp_path / "lab results.csv"
     form_file.write_bytes(b"patient,result\n1,negative\n" * 4000)
     page.set_input_files("#upload-form input[type=file]", str(form_file))
