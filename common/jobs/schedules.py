@@ -10,6 +10,8 @@ timeout are its own (`@job`).
   re-queues lost ingests, removes stale temp and orphan spool files and runs the purge
   (deleted files' ciphertext goes within about a minute);
 - every hour, fixity: re-verify a bounded batch of stored files, least recently checked first;
+- every minute, the upload digests: one mail per follower whose followed folders got uploads a
+  few minutes ago or more;
 - every ten minutes, drop lockout, defender and ban rows whose windows have passed.
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from rq import cron
 
 from common.jobs.fixity import fixity
 from common.jobs.login_state import prune_login_state
+from common.jobs.notify import send_digests
 from common.jobs.registry import FAILURE_TTL
 from common.jobs.sweep import sweep_all
 
@@ -25,6 +28,7 @@ SCHEDULES = (
     dict(func=sweep_all, interval=60, name="sweep-fan-out"),
     dict(func=fixity, cron="17 * * * *", name="fixity"),
     dict(func=prune_login_state, interval=600, name="prune-login-state"),
+    dict(func=send_digests, interval=60, name="upload-digests"),
 )
 
 for _schedule in SCHEDULES:

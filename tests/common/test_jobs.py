@@ -30,6 +30,7 @@ QUEUED_NAMES = {
     "common.jobs.sweep.sweep_all", "common.jobs.fixity.fixity", "common.jobs.alerts.integrity_alert",
     "common.jobs.invitations.share_invitation", "common.jobs.login_state.prune_login_state",
     "common.jobs.invitations.password_link",
+    "common.jobs.notify.lockout_alert", "common.jobs.notify.export_ready", "common.jobs.notify.send_digests",
 }
 
 
