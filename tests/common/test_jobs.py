@@ -31,6 +31,7 @@ QUEUED_NAMES = {
     "common.jobs.invitations.share_invitation", "common.jobs.login_state.prune_login_state",
     "common.jobs.invitations.password_link",
     "common.jobs.notify.lockout_alert", "common.jobs.notify.export_ready", "common.jobs.notify.send_digests",
+    "common.jobs.chain.verify_chain",
 }
 
 
