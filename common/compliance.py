@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import Row, and_, func, select
 from sqlalchemy.orm import Session
 
 from common import accounts
 from common.auth.lockout import frozen_now
-from common.models import Account, IpRule, LoginThrottle, PasswordPolicy, User
+from common.models import Account, AuditExport, ChainCheck, IpRule, LoginThrottle, PasswordPolicy, User
 from common.passwords import MIN_LENGTH
 
 STRONG, MODERATE, MINIMUM = "strong", "moderate", "minimum"
@@ -42,6 +42,8 @@ class ComplianceReport:
     policy: PolicyStrength
     never_signed_in: int
     locked: int
+    last_export: Row | None = None  # (day, events) of the latest daily audit export
+    last_check: Row | None = None  # (checked_at, ok, events) of the latest chain verification
 
 
 def compliance_report(session: Session, account: Account) -> ComplianceReport:
@@ -64,7 +66,18 @@ def compliance_report(session: Session, account: Account) -> ComplianceReport:
     return ComplianceReport(
         enterprise=account.is_enterprise, mfa_required=bool(policy and policy.require_mfa), users=users,
         mfa_enrolled=mfa_enrolled, mfa_unenrolled=unenrolled, mfa_exempt=exempt, allow_list_rules=rules,
-        policy=policy_strength(accounts.password_rules(session, account)), never_signed_in=never, locked=locked)
+        policy=policy_strength(accounts.password_rules(session, account)), never_signed_in=never, locked=locked,
+        **audit_trail(session, account.id))
+
+
+def audit_trail(session: Session, account_id: int) -> dict[str, Row | None]:
+    """The latest daily audit export and chain verification of the account."""
+    return dict(
+        last_export=session.execute(select(AuditExport.day, AuditExport.events).where(
+            AuditExport.account_id == account_id).order_by(AuditExport.day.desc()).limit(1)).first(),
+        last_check=session.execute(select(ChainCheck.checked_at, ChainCheck.ok, ChainCheck.events).where(
+            ChainCheck.account_id == account_id).order_by(ChainCheck.checked_at.desc(), ChainCheck.id.desc())
+            .limit(1)).first())
 
 
 def policy_strength(rules: dict) -> PolicyStrength:

@@ -16,6 +16,7 @@ from sqlalchemy import delete, func, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from common import refs
 from common.jobs import notify
 from common.models import Account, Follow, User
 from common.services import Services
@@ -58,21 +59,18 @@ def set_preferences(session: Session, user_id: int, choices: dict[str, bool | No
         setattr(user, f"notify_{kind}", choice)
 
 
-def account_defaults(session: Session, account_id: int) -> dict[str, bool]:
-    account = session.get(Account, account_id)
-    return {kind: getattr(account, f"notify_{kind}_default") for kind in KINDS}
-
-
-def set_account_defaults(session: Session, account_id: int, defaults: dict[str, bool]) -> None:
-    """Set which mails the account's users get unless they chose otherwise."""
-    account = session.get(Account, account_id, with_for_update=True)
-    for kind, value in defaults.items():
-        if kind not in KINDS:
-            raise ValueError(f"unknown notification kind {kind!r}")
-        setattr(account, f"notify_{kind}_default", bool(value))
-
-
 # -- following folders -----------------------------------------------------------------------
+
+def followable(session: Session, user_id: int, ref: str) -> int | None:
+    """The folder id behind a folder page's ref (`root`: the user's home); None for the virtual
+    /Shared levels. The caller has checked, through the Workspace, that the user can open it."""
+    parsed = refs.parse(ref)
+    if parsed.kind == "node":
+        return parsed.id
+    if parsed.kind == "root":
+        return session.get(User, user_id).home_folder_id
+    return None
+
 
 def is_following(session: Session, user_id: int, folder_id: int) -> bool:
     return session.get(Follow, (user_id, folder_id)) is not None
