@@ -132,10 +132,15 @@ class ChainReport:
     ok: bool
     count: int
     problem: str | None = None
+    head: bytes | None = None  # the hash of the last event checked (GENESIS when none)
 
 
-def verify_chain(session: Session, account_id: int | None) -> ChainReport:
-    """Walk a chain in order and check every link, the head and the count."""
+def verify_chain(session: Session, account_id: int | None, *, until: datetime | None = None) -> ChainReport:
+    """Walk a chain in order and check every link, the head and the count.
+
+    With `until`, only the events before that time: the chain as it stood then (the head row,
+    which records the present, is not compared).
+    """
     head = session.get(Account, account_id) if account_id else session.get(ServiceState, 1)
     if head is None:
         return ChainReport(False, 0, "the chain's head row is missing")
@@ -143,6 +148,8 @@ def verify_chain(session: Session, account_id: int | None) -> ChainReport:
              .where(AuditEvent.account_id == account_id if account_id else AuditEvent.account_id.is_(None))
              .order_by(AuditEvent.seq)
              .execution_options(yield_per=2000))
+    if until is not None:
+        query = query.where(AuditEvent.at < until)
     expected_prev, count = GENESIS, 0
     for row in session.scalars(query):
         count += 1
@@ -153,9 +160,22 @@ def verify_chain(session: Session, account_id: int | None) -> ChainReport:
         if event_hash(row) != row.hash:
             return ChainReport(False, count - 1, f"event {row.seq} was altered")
         expected_prev = row.hash
+    if until is not None:
+        return _check_continues(session, account_id, until, count, expected_prev)
     if count != head.audit_count or expected_prev != head.audit_head:
         return ChainReport(False, count, f"chain holds {count} events but its head records {head.audit_count}")
-    return ChainReport(True, count)
+    return ChainReport(True, count, head=expected_prev)
+
+
+def _check_continues(session: Session, account_id: int | None, until: datetime, count: int,
+                     head: bytes) -> ChainReport:
+    """The first later event (if any) must follow the last one checked: nothing cut at the edge."""
+    following = session.scalars(
+        select(AuditEvent).where(AuditEvent.account_id == account_id if account_id else AuditEvent.account_id.is_(None),
+                                 AuditEvent.at >= until).order_by(AuditEvent.seq).limit(1)).first()
+    if following is not None and (following.seq != count + 1 or following.prev_hash != head):
+        return ChainReport(False, count, f"event {following.seq} does not follow the one before")
+    return ChainReport(True, count, head=head)
 
 
 @dataclass(frozen=True)

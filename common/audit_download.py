@@ -53,10 +53,9 @@ def csv_chunks(services: Services, account_id: int, flt: audit.EventFilter) -> I
         yield out.take()
 
 
-def xlsx_chunks(services: Services, account_id: int, flt: audit.EventFilter, *,
-                tmpdir: str | None = None) -> Iterator[bytes]:
+def xlsx_chunks(services: Services, account_id: int, flt: audit.EventFilter) -> Iterator[bytes]:
     """The filtered events as XLSX (with the per-user summary and the chain head), in chunks."""
-    folder = memory_tmpdir(tmpdir)  # refused before any row is read if it is not memory-backed
+    folder = memory_tmpdir(services.settings.export_tmpdir)  # refused before any row is read unless tmpfs
     with tempfile.TemporaryFile(dir=folder) as spooled:
         with services.db.session() as session:
             flt, head = _pinned(session, account_id, flt)

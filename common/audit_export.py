@@ -20,11 +20,14 @@ from typing import BinaryIO
 
 import xlsxwriter
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
 
-from common import audit
+from common import audit, refs
 from common.audit import EventFilter, EventView
-from common.errors import ConfigError
-from common.models import AuditEvent
+from common.errors import AlreadyExists, ConfigError
+from common.models import AuditEvent, AuditExport
+from common.services import Services
+from common.vfs import AUDIT_LOGS, Principal, Workspace
 
 log = logging.getLogger(__name__)
 
@@ -300,3 +303,73 @@ def day_filter(day: date) -> EventFilter:
     since, until = day_bounds(day)
     return EventFilter(since=since, until=until)
 
+
+
+# -- the nightly files --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExportResult:
+    paths: tuple[str, str]  # the CSV's and the XLSX's, in the system principal's view
+    events: int
+    chain_head: bytes
+
+
+def day_paths(day: date) -> tuple[str, str, str]:
+    """The year folder and the day's two files under /Audit Logs."""
+    folder = f"/{AUDIT_LOGS}/{day:%Y}"
+    base = f"{folder}/audit-{day.isoformat()}"
+    return folder, base + ".csv", base + ".xlsx"
+
+
+def export_day(services: Services, account_id: int, day: date) -> ExportResult:
+    """Write the UTC day's events to /Audit Logs/YYYY/audit-YYYY-MM-DD.csv and .xlsx (replacing
+    earlier ones) and record the export. The files' own upload events land in the next day."""
+    workspace = Workspace(services, Principal.system(account_id))
+    folder, csv_path, xlsx_path = day_paths(day)
+    _ensure_folder(workspace, folder)
+    csv_upload, xlsx_upload = workspace.open_write(csv_path), workspace.open_write(xlsx_path)
+    xlsx = None
+    try:
+        xlsx = XlsxExport(xlsx_upload, summary=Summary(), tmpdir=services.settings.export_tmpdir)
+        head, count = _write_day(services, account_id, day, CsvExport(csv_upload), xlsx)
+        csv_entry, xlsx_entry = csv_upload.commit(), xlsx_upload.commit()
+    except BaseException:
+        if xlsx is not None:
+            xlsx.discard()
+        csv_upload.abort("export failed")
+        xlsx_upload.abort("export failed")
+        raise
+    _record_export(services, account_id, day, (csv_entry, xlsx_entry), count, head)
+    log.info("audit export of account %s for %s: %s events", account_id, day.isoformat(), count)
+    return ExportResult((csv_entry.path, xlsx_entry.path), count, head)
+
+
+def _write_day(services: Services, account_id: int, day: date, csv_file: CsvExport,
+               xlsx_file: XlsxExport) -> tuple[bytes, int]:
+    """Stream the day's events once into both files; the head is carried over on an empty day."""
+    since, until = day_bounds(day)
+    count = 0
+    with services.db.session() as session:
+        head, _ = head_before(session, account_id, since)
+        for event in audit.iter_events(session, services.keyring, account_id, EventFilter(since=since, until=until)):
+            csv_file.add(event)
+            xlsx_file.add(event)
+            head, count = event.hash, count + 1
+    csv_file.close(head)
+    xlsx_file.close(head)
+    return head, count
+
+
+def _ensure_folder(workspace: Workspace, path: str) -> None:
+    try:
+        workspace.make_dir(path)
+    except AlreadyExists:
+        pass  # made by an earlier day's export (or by another export just now)
+
+
+def _record_export(services: Services, account_id: int, day: date, entries, count: int, head: bytes) -> None:
+    csv_id, xlsx_id = (refs.parse(entry.id).id for entry in entries)
+    values = dict(csv_node_id=csv_id, xlsx_node_id=xlsx_id, events=count, chain_head=head,
+                  created_at=datetime.now(timezone.utc))
+    with services.db.session() as session:
+        session.execute(insert(AuditExport).values(account_id=account_id, day=day, **values)
+                        .on_conflict_do_update(index_elements=["account_id", "day"], set_=values))

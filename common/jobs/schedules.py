@@ -12,12 +12,15 @@ timeout are its own (`@job`).
 - every hour, fixity: re-verify a bounded batch of stored files, least recently checked first;
 - every minute, the upload digests: one mail per follower whose followed folders got uploads a
   few minutes ago or more;
-- every ten minutes, drop lockout, defender and ban rows whose windows have passed.
+- every ten minutes, drop lockout, defender and ban rows whose windows have passed;
+- at 00:05 UTC, the audit export fan-out: each account's previous day (and any day a missed
+  run skipped) written to its /Audit Logs (common.jobs.audit_exports).
 """
 from __future__ import annotations
 
 from rq import cron
 
+from common.jobs.audit_exports import export_fan_out
 from common.jobs.fixity import fixity
 from common.jobs.login_state import prune_login_state
 from common.jobs.notify import send_digests
@@ -29,6 +32,7 @@ SCHEDULES = (
     dict(func=fixity, cron="17 * * * *", name="fixity"),
     dict(func=prune_login_state, interval=600, name="prune-login-state"),
     dict(func=send_digests, interval=60, name="upload-digests"),
+    dict(func=export_fan_out, cron="5 0 * * *", name="audit-export-fan-out"),
 )
 
 for _schedule in SCHEDULES:

@@ -271,7 +271,8 @@ def test_cron_file_is_valid_for_rq_cron(own):
     scheduler = CronScheduler(connection=own.redis)
     scheduler.load_config_from_file("common/jobs/schedules.py")
     registered = {job.name: job for job in scheduler.get_jobs()}
-    assert set(registered) == {"sweep-fan-out", "fixity", "prune-login-state", "upload-digests"}
+    assert set(registered) == {"sweep-fan-out", "fixity", "prune-login-state", "upload-digests",
+                               "audit-export-fan-out"}
     assert registered["sweep-fan-out"].func is sweep_all
     assert registered["sweep-fan-out"].queue_name == MAINTENANCE_QUEUE
     assert registered["fixity"].job_options["job_timeout"] == fixity.job_spec.timeout
