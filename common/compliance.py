@@ -6,8 +6,9 @@ so the page costs the same for ten users as for ten thousand.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date, datetime
 
-from sqlalchemy import Row, and_, func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from common import accounts
@@ -29,6 +30,23 @@ class PolicyStrength:
 
 
 @dataclass(frozen=True)
+class LastExport:
+    """The latest daily audit export: its UTC day and how many events it holds."""
+
+    day: date
+    events: int
+
+
+@dataclass(frozen=True)
+class LastCheck:
+    """The latest verification of the audit chain."""
+
+    checked_at: datetime
+    ok: bool
+    events: int
+
+
+@dataclass(frozen=True)
 class ComplianceReport:
     """The account's figures; user counts are of active users."""
 
@@ -42,8 +60,8 @@ class ComplianceReport:
     policy: PolicyStrength
     never_signed_in: int
     locked: int
-    last_export: Row | None = None  # (day, events) of the latest daily audit export
-    last_check: Row | None = None  # (checked_at, ok, events) of the latest chain verification
+    last_export: LastExport | None = None
+    last_check: LastCheck | None = None
 
 
 def compliance_report(session: Session, account: Account) -> ComplianceReport:
@@ -70,14 +88,18 @@ def compliance_report(session: Session, account: Account) -> ComplianceReport:
         **audit_trail(session, account.id))
 
 
-def audit_trail(session: Session, account_id: int) -> dict[str, Row | None]:
-    """The latest daily audit export and chain verification of the account."""
-    return dict(
-        last_export=session.execute(select(AuditExport.day, AuditExport.events).where(
-            AuditExport.account_id == account_id).order_by(AuditExport.day.desc()).limit(1)).first(),
-        last_check=session.execute(select(ChainCheck.checked_at, ChainCheck.ok, ChainCheck.events).where(
-            ChainCheck.account_id == account_id).order_by(ChainCheck.checked_at.desc(), ChainCheck.id.desc())
-            .limit(1)).first())
+def audit_trail(session: Session, account_id: int) -> dict:
+    """The latest daily audit export and chain verification of the account, in one query."""
+    export = (select(AuditExport.day).where(AuditExport.account_id == account_id)
+              .order_by(AuditExport.day.desc()).limit(1))
+    check = (select(ChainCheck.checked_at).where(ChainCheck.account_id == account_id)
+             .order_by(ChainCheck.checked_at.desc(), ChainCheck.id.desc()).limit(1))
+    day, events, checked_at, ok, checked = session.execute(select(*(
+        query.with_only_columns(column).scalar_subquery() for query, column in (
+            (export, AuditExport.day), (export, AuditExport.events), (check, ChainCheck.checked_at),
+            (check, ChainCheck.ok), (check, ChainCheck.events))))).one()
+    return dict(last_export=LastExport(day, events) if day else None,
+                last_check=LastCheck(checked_at, ok, checked) if checked_at else None)
 
 
 def policy_strength(rules: dict) -> PolicyStrength:
