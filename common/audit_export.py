@@ -8,11 +8,15 @@ formula and URL conversion off, and CSV text starting with a formula character g
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import logging
 import os
 import shutil
 import tempfile
+import threading
+import zlib
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
@@ -28,6 +32,7 @@ from common.errors import AlreadyExists, ConfigError
 from common.models import AuditEvent, AuditExport
 from common.services import Services
 from common.vfs import AUDIT_LOGS, Principal, Workspace
+from xlsxwriter.worksheet import Worksheet
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +200,106 @@ class _Sink:
         pass
 
 
+def write_cells(sheet, row: int, cells: tuple, when) -> None:
+    """One event's row: a real date cell, then text only ever as text (no formula, no link)."""
+    sheet.write_datetime(row, 0, cells[0], when)
+    for column, value in enumerate(cells[1:], start=1):
+        if isinstance(value, str):
+            if value:
+                sheet.write_string(row, column, value)
+        elif value is not None:
+            sheet.write_number(row, column, value)
+
+
+class _DeflatedRows:
+    """XlsxWriter's constant-memory row store, kept deflated in this process's memory instead
+    of a temp file: the rows' XML deflates about tenfold, and nothing of it is written anywhere."""
+
+    def __init__(self):
+        self.deflate, self.blocks, self.pending, self.pending_size = zlib.compressobj(1), deque(), [], 0
+        self.reading = iter(())
+
+    def write(self, text: str) -> int:
+        self.pending.append(text)
+        self.pending_size += len(text)
+        if self.pending_size >= CSV_BUFFER:
+            self._deflate_pending()
+        return len(text)
+
+    def _deflate_pending(self) -> None:
+        self.blocks.append(self.deflate.compress("".join(self.pending).encode("utf-8")))
+        self.pending, self.pending_size = [], 0
+
+    def seek(self, offset: int) -> None:  # XlsxWriter rewinds once, to copy the rows into the sheet
+        self._deflate_pending()
+        self.blocks.append(self.deflate.flush())
+        self.reading = self._inflated()
+
+    def _inflated(self):
+        inflate, decoder = zlib.decompressobj(), codecs.getincrementaldecoder("utf-8")()
+        while self.blocks:
+            if text := decoder.decode(inflate.decompress(self.blocks.popleft())):
+                yield text
+
+    def read(self, size: int = -1) -> str:
+        return next(self.reading, "")
+
+    def close(self) -> None:
+        self.blocks.clear()
+
+
+class _StreamedWorksheet(Worksheet):
+    """A constant-memory worksheet whose rows and sheet XML never sit whole in a temp file.
+
+    Rows go to a _DeflatedRows. XlsxWriter's packager then assembles each sheet into a temp
+    file that it copies into the zip; here that file is a pipe, and the sheet is assembled by a
+    thread straight into the zip as it reads, so temp storage stays near zero at any size.
+    """
+
+    pipe = None
+    writer = None
+    failure = None
+
+    def _initialize(self, init_data) -> None:
+        super()._initialize(init_data)
+        if self.constant_memory:
+            self.row_data_fh.close()  # its empty file stays, for XlsxWriter to remove as usual
+            self.row_data_fh = self.fh = _DeflatedRows()
+
+    def _set_xml_writer(self, filename) -> None:
+        if not self.constant_memory or not isinstance(filename, str):
+            return super()._set_xml_writer(filename)
+        os.unlink(filename)
+        os.mkfifo(filename, 0o600)
+        self.pipe, self.internal_fh = filename, True
+
+    def _assemble_xml_file(self) -> None:
+        if self.pipe is None:
+            return super()._assemble_xml_file()
+        self.writer = threading.Thread(target=self._assemble_into_pipe, name="xlsx-sheet", daemon=True)
+        self.writer.start()
+
+    def _assemble_into_pipe(self) -> None:
+        try:
+            self.fh = open(self.pipe, "w", encoding="utf-8")  # waits until the zip reads this part
+            super()._assemble_xml_file()  # closes it at the end
+        except BaseException as exc:  # reported by finish(), in the caller's thread
+            self.failure = exc
+
+    def finish(self) -> None:
+        """Wait for the sheet's writer; unblock it first if the zip never came to read it."""
+        if self.writer is None:
+            return
+        if self.writer.is_alive():
+            try:
+                os.close(os.open(self.pipe, os.O_RDONLY | os.O_NONBLOCK))
+            except OSError:
+                pass  # the zip took it and removed the pipe: the writer is finishing
+        self.writer.join(timeout=60)
+        if self.failure is not None and not isinstance(self.failure, BrokenPipeError):
+            raise self.failure
+
+
 class XlsxExport:
     """An XLSX file being written: an Events sheet streamed row by row, then a Summary sheet."""
 
@@ -206,7 +311,7 @@ class XlsxExport:
             "strings_to_urls": False, "strings_to_numbers": False})
         self.when = self.book.add_format({"num_format": "yyyy-mm-dd hh:mm:ss.000"})
         self.bold = self.book.add_format({"bold": True})
-        self.events = self.book.add_worksheet("Events")
+        self.events = self.book.add_worksheet("Events", worksheet_class=_StreamedWorksheet)
         for column, width in enumerate(WIDTHS):
             self.events.set_column(column, column, width)
         self.events.freeze_panes(1, 0)
@@ -218,15 +323,9 @@ class XlsxExport:
 
     def add(self, event: EventView) -> None:
         self.row += 1
-        sheet, row = self.events, self.row
         cells = _text_cells(event)
-        sheet.write_datetime(row, 0, cells[0].astimezone(timezone.utc).replace(tzinfo=None), self.when)
-        for column, value in enumerate(cells[1:], start=1):
-            if isinstance(value, str):
-                if value:
-                    sheet.write_string(row, column, value)
-            elif value is not None:
-                sheet.write_number(row, column, value)
+        write_cells(self.events, self.row, (cells[0].astimezone(timezone.utc).replace(tzinfo=None), *cells[1:]),
+                    self.when)
         if self.summary is not None:
             self.summary.add(event)
 
@@ -236,15 +335,24 @@ class XlsxExport:
             if self.summary is not None or chain_head is not None:
                 self._summary_sheet(chain_head)
             self.book.close()
+            self._finish_sheets()
         finally:
-            shutil.rmtree(self.folder, ignore_errors=True)
+            self.discard()
+
+    def _finish_sheets(self) -> None:
+        for sheet in self.book.worksheets():
+            sheet.finish()
 
     def discard(self) -> None:
-        """Give up (the caller failed): remove the temp files now."""
+        """Remove the temp folder (and stop any sheet writer still waiting on its pipe)."""
+        try:
+            self._finish_sheets()
+        except BaseException:
+            pass  # already failing: the first error is the one reported
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def _summary_sheet(self, chain_head: bytes | None) -> None:
-        sheet = self.book.add_worksheet("Summary")
+        sheet = self.book.add_worksheet("Summary", worksheet_class=_StreamedWorksheet)
         sheet.set_column(0, 0, 24)
         sheet.set_column(1, len(SUMMARY_COLUMNS) - 1, 14)
         row = 0

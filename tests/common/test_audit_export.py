@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 import common.audit
 from common import audit
-from common.audit_export import COLUMNS, export_day, memory_tmpdir, write_xlsx
+from common.audit_export import COLUMNS, day_bounds, export_day, memory_tmpdir, write_xlsx
 from common.errors import ConfigError
 from common.jobs import audit_exports
 from common.jobs.audit_exports import enqueue_due_exports, export_job_id, export_fan_out
@@ -209,6 +209,7 @@ def test_no_plaintext_reaches_disk_while_exporting(services, account, tmp_path):
     upload(ws, f"/{marker}.txt", b"data")
     written = []
     watching = [True]
+    others = set(Path("/dev/shm").glob("sealdrop-xlsx-*"))  # another process's export, if any
 
     def watch(event, args):
         if watching[0] and event == "open" and isinstance(args[0], (str, bytes)) and args[1] not in (None, "r", "rb"):
@@ -232,7 +233,7 @@ def test_no_plaintext_reaches_disk_while_exporting(services, account, tmp_path):
             if path.is_file():
                 assert not scanner.hits(file_blocks(path)), path
     assert marker in system_read(services, account.id, result.paths[0]).decode()
-    assert not list(Path("/dev/shm").glob("sealdrop-xlsx-*"))
+    assert set(Path("/dev/shm").glob("sealdrop-xlsx-*")) <= others  # ours is gone
 
 
 # -- the schedule ---------------------------------------------------------------------------------
@@ -339,3 +340,95 @@ def test_the_real_clock_enqueues_the_fan_out(fresh, test_env):
         for job_id in set(default.get_job_ids()) - before:  # what our clock queued is ours to remove
             Job.fetch(job_id, connection=fresh.redis).delete()
     assert clock.returncode is not None, output
+
+
+# -- every door ------------------------------------------------------------------------------------
+
+def test_every_door_is_exported_and_read_back_over_sftp(request, services, account, clock, test_env,
+                                                        ftps_server, sftp_server):
+    from tests.portal.web_door import web_door
+    from tests.transfer import ftps_door, sftp_door
+    ftps_ip, sftp_ip = "127.0.0.21", "127.0.0.22"
+    web = web_door(request, services, account)
+    web_ip = web.client.environ_base["REMOTE_ADDR"]
+    web.upload("/web.txt", b"w" * 11)
+    assert web.download("/web.txt") == b"w" * 11
+    ftp = ftps_door.connect(ftps_server, account.admin_username, account.password, source=ftps_ip)
+    ftps = ftps_door.FTPSDoor(ftp)
+    ftps.mkdir("/" + INJECTION.split("/")[0])
+    ftps.upload("/" + INJECTION, b"f" * 22)
+    assert ftps.download("/" + INJECTION) == b"f" * 22
+    ftps_door.quit_quietly(ftp)
+    transport, client = sftp_door.connect(sftp_server.port, account.admin_username, password=account.password,
+                                          source=sftp_ip)
+    sftp = sftp_door.SftpDoor(client)
+    sftp.upload("/sftp.txt", b"s" * 33)
+    assert sftp.download("/sftp.txt") == b"s" * 33
+    transport.close()
+    today = datetime.now(timezone.utc).date()
+    wait_for(lambda: {e.protocol for e in _today(services, account, today) if e.action == "logout"} >= {"ftps", "sftp"})
+    expected = [_row(e) for e in _today(services, account, today)]
+
+    clock.at = datetime.combine(today + timedelta(days=1), datetime.min.time(), tzinfo=timezone.utc).replace(minute=5)
+    first = export_day(services, account.id, today)
+    again = export_day(services, account.id, today)  # a re-run replaces the files
+    assert again.paths == first.paths and again.chain_head == first.chain_head
+
+    transport, client = sftp_door.connect(sftp_server.port, account.admin_username, password=account.password)
+    try:
+        folder = f"/Audit Logs/{today:%Y}"
+        assert sorted(client.listdir(folder)) == [f"audit-{today}.csv", f"audit-{today}.xlsx"]
+        csv_data = client.open(first.paths[0]).read()
+        xlsx_data = client.open(first.paths[1]).read()
+    finally:
+        transport.close()
+        wait_for(lambda: [e for e in _today(services, account, today + timedelta(days=1)) if e.action == "logout"])
+        clock.at = None  # the reading session belongs to the next day too, as it would at 00:05
+
+    rows = csv_rows(csv_data)
+    assert tuple(rows[0]) == COLUMNS and rows[-1][4] == "chain_head"
+    assert [tuple(r[:8]) for r in rows[1:-1]] == [_csv_cells(e) for e in expected]  # exactly the day's events
+    book = openpyxl.load_workbook(io.BytesIO(xlsx_data))
+    sheet_rows = list(book["Events"].iter_rows(values_only=True))[1:]
+    assert [r[1:8] for r in sheet_rows] == [e[1:] for e in expected]
+    # Date cells are days as floating point: the millisecond survives, give or take one.
+    assert all(abs(r[0] - e[0]) <= timedelta(milliseconds=1) for r, e in zip(sheet_rows, expected))
+    for protocol, ip, name, size in (("web", web_ip, "/web.txt", 11), ("ftps", ftps_ip, "/" + INJECTION, 22),
+                                     ("sftp", sftp_ip, "/sftp.txt", 33)):
+        mine = [r for r in expected if r[3] == protocol]
+        assert {r[2] for r in mine} == {ip}  # the address, no port
+        assert ("login", None, None) in {(r[4], r[5], r[6]) for r in mine}
+        assert ("upload", "in", name, size) in {r[4:8] for r in mine}
+        assert ("download", "out", name, size) in {r[4:8] for r in mine}
+    injected = [r for r in sheet_rows if r[6] == "/" + INJECTION]
+    assert injected and all(c.data_type == "s" for row in book["Events"].iter_rows(min_col=7, max_col=7)
+                            for c in row if c.value is not None)
+    with zipfile.ZipFile(io.BytesIO(xlsx_data)) as archive:
+        assert not any(b"<f>" in archive.read(n) for n in archive.namelist() if n.startswith("xl/worksheets/"))
+
+    with services.db.session() as session:
+        assert session.scalars(select(AuditExport.events).where(AuditExport.account_id == account.id)).all() == [
+            len(expected)]
+    summary = {row[0]: row[1] for row in book["Summary"].iter_rows(values_only=True) if row[0]}
+    verified = flask_cli(test_env, "audit", "verify", account.name, "--until", today.isoformat())
+    assert verified.returncode == 0, verified.stderr
+    assert f"{len(expected)} events, head {summary['chain_head']}." in verified.stdout
+    assert bytes.fromhex(rows[-1][10]) == first.chain_head
+
+
+def _today(services, account, day):
+    with services.db.session() as session:
+        since, until = day_bounds(day)
+        return list(audit.iter_events(session, services.keyring, account.id, audit.EventFilter(since=since, until=until)))
+
+
+def _row(event) -> tuple:
+    at = event.at.astimezone(timezone.utc).replace(tzinfo=None)
+    return (at.replace(microsecond=at.microsecond // 1000 * 1000), event.username, event.ip, event.protocol,
+            event.action, event.direction, event.path, event.bytes)
+
+
+def _csv_cells(row) -> tuple:
+    at, user, ip, protocol, action, direction, path, nbytes = row
+    return (at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z", user or "", ip or "", protocol, action, direction or "",
+            path or "", "" if nbytes is None else str(nbytes))
