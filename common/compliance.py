@@ -6,14 +6,14 @@ so the page costs the same for ten users as for ten thousand.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from common import accounts, sharing
 from common.auth.lockout import frozen_now
-from common.models import Account, IpRule, LoginThrottle, PasswordPolicy, Share, ShareLink, User
+from common.models import Account, AuditExport, ChainCheck, IpRule, LoginThrottle, PasswordPolicy, Share, ShareLink, User
 from common.passwords import MIN_LENGTH
 
 STRONG, MODERATE, MINIMUM = "strong", "moderate", "minimum"
@@ -42,6 +42,23 @@ class OpenLinks:
 
 
 @dataclass(frozen=True)
+class LastExport:
+    """The latest daily audit export: its UTC day and how many events it holds."""
+
+    day: date
+    events: int
+
+
+@dataclass(frozen=True)
+class LastCheck:
+    """The latest verification of the audit chain."""
+
+    checked_at: datetime
+    ok: bool
+    events: int
+
+
+@dataclass(frozen=True)
 class ComplianceReport:
     """The account's figures; user counts are of active users."""
 
@@ -56,6 +73,8 @@ class ComplianceReport:
     never_signed_in: int
     locked: int
     links: OpenLinks
+    last_export: LastExport | None = None
+    last_check: LastCheck | None = None
 
 
 def compliance_report(session: Session, account: Account) -> ComplianceReport:
@@ -79,7 +98,7 @@ def compliance_report(session: Session, account: Account) -> ComplianceReport:
         enterprise=account.is_enterprise, mfa_required=bool(policy and policy.require_mfa), users=users,
         mfa_enrolled=mfa_enrolled, mfa_unenrolled=unenrolled, mfa_exempt=exempt, allow_list_rules=rules,
         policy=policy_strength(accounts.password_rules(session, account)), never_signed_in=never, locked=locked,
-        links=open_links(session, account))
+        links=open_links(session, account), **audit_trail(session, account.id))
 
 
 def open_links(session: Session, account: Account) -> OpenLinks:
@@ -97,6 +116,20 @@ def open_links(session: Session, account: Account) -> OpenLinks:
         .where(ShareLink.account_id == account.id, ShareLink.revoked_at.is_(None), ShareLink.expires_at > now,
                or_(ShareLink.max_uses.is_(None), ShareLink.use_count < ShareLink.max_uses))).one()
     return OpenLinks(live, soonest, long_lived, bare)
+
+
+def audit_trail(session: Session, account_id: int) -> dict:
+    """The latest daily audit export and chain verification of the account, in one query."""
+    export = (select(AuditExport.day).where(AuditExport.account_id == account_id)
+              .order_by(AuditExport.day.desc()).limit(1))
+    check = (select(ChainCheck.checked_at).where(ChainCheck.account_id == account_id)
+             .order_by(ChainCheck.checked_at.desc(), ChainCheck.id.desc()).limit(1))
+    day, events, checked_at, ok, checked = session.execute(select(*(
+        query.with_only_columns(column).scalar_subquery() for query, column in (
+            (export, AuditExport.day), (export, AuditExport.events), (check, ChainCheck.checked_at),
+            (check, ChainCheck.ok), (check, ChainCheck.events))))).one()
+    return dict(last_export=LastExport(day, events) if day else None,
+                last_check=LastCheck(checked_at, ok, checked) if checked_at else None)
 
 
 def policy_strength(rules: dict) -> PolicyStrength:

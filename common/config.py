@@ -83,6 +83,7 @@ class Settings:
     login_timeout_seconds: int
     max_unauthenticated_per_ip: int
     max_concurrent_hashes: int
+    export_tmpdir: str
 
     def __repr__(self) -> str:
         # Secrets are left out (repr=False fields) and URLs lose their passwords, so settings
@@ -185,6 +186,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         max_unauthenticated_per_ip=_positive(env, "MAX_UNAUTHENTICATED_PER_IP", 10),
         # argon2id takes 19 MiB and a core per check: more at once only queues on the cores.
         max_concurrent_hashes=_positive(env, "MAX_CONCURRENT_HASHES", 2 * (os.cpu_count() or 1)),
+        export_tmpdir=env.get("EXPORT_TMPDIR", "/dev/shm"),
     )
 
 

@@ -25,7 +25,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from common import audit, doors, paths, refs
+from common import audit, doors, notifications, paths, refs
 from common.content import ContentReader, ContentWriter, StoredContent
 from common.crypto import DataKeys, random_key
 from common.errors import (
@@ -820,6 +820,7 @@ class Upload:
                 entry, replaced = self._commit_version(session, prints, stored=inline)
                 ws._audit(session, "upload", path=self.path, direction="in", nbytes=prints.size,
                           duration_ms=int((time.monotonic() - self._started) * 1000))
+                notifications.count_upload(session, self._parent_id, ws.me.user_id)
                 session.flush()
                 committing = True  # past this point only COMMIT itself can fail
         except BaseException as exc:

@@ -4,7 +4,7 @@ let exceptions reach RQ so its retries apply. Job arguments never carry names or
 - `registry`: the `@job(queue, timeout)` decorator, the queues, and `enqueue_once` (job ids are
   deterministic, so a job is never queued twice and the sweeper can tell whether one is alive);
 - one module per family: `ingest`, `purge`, `sweep` (the spool sweeper and its fan-out),
-  `fixity`, `alerts` (mail to admins), `invitations` (share links by mail), `login_state`;
+  `fixity`, `audit_exports` (the nightly audit files), `alerts` (mail to admins), `invitations` (share links by mail), `login_state`;
 - `schedules`: the one list of periodic jobs, served by `rq cron common/jobs/schedules.py`;
 - `worker`: the worker entry point, `python -m common.jobs.worker`.
 
