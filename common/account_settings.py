@@ -16,9 +16,11 @@ from common.auth.admin import ENTERPRISE_MESSAGE, audit_change
 from common.auth.allowlist import account_rules
 from common.crypto import Keyring
 from common.errors import InvalidInput
+from common.jobs.notify import PREFERENCES
 from common.models import Account, IpRule, PasswordPolicy
 
 LINK_MAX_DAYS = 365
+NOTIFICATION_KINDS = tuple(PREFERENCES)  # uploads, alerts, exports: accounts.notify_*_default
 PASSWORD_RULES, IP_ALLOW_LISTS = "Password rules", "IP allow-lists"
 
 
@@ -32,6 +34,7 @@ class AccountSettings:
     link_password_required: bool
     request_links_allowed: bool
     locked: dict[str, str]
+    notify_defaults: dict[str, bool]  # which mails users get unless they chose otherwise
 
 
 def enterprise_locks(account: Account) -> dict[str, str]:
@@ -50,7 +53,9 @@ def account_settings(session: Session, account: Account) -> AccountSettings:
                            link_max_days=account.link_max_days,
                            link_password_required=account.link_password_required,
                            request_links_allowed=account.request_links_allowed,
-                           locked=enterprise_locks(account))
+                           locked=enterprise_locks(account),
+                           notify_defaults={kind: getattr(account, f"notify_{kind}_default")
+                                            for kind in NOTIFICATION_KINDS})
 
 
 def set_link_policy(session: Session, keyring: Keyring, account: Account, *, max_days: int,
@@ -66,3 +71,14 @@ def set_link_policy(session: Session, keyring: Keyring, account: Account, *, max
     audit_change(session, keyring, actor, account.id,
                  f"link policy set: max_days={max_days}, password_required={password_required}, "
                  f"request_links_allowed={request_links_allowed}")
+
+
+def set_notification_defaults(session: Session, keyring: Keyring, account: Account, defaults: dict[str, bool], *,
+                              actor: Actor = SYSTEM) -> None:
+    """Set which mails (uploads, alerts, exports) the account's users get unless they chose
+    otherwise; audited as admin_change."""
+    for kind in NOTIFICATION_KINDS:
+        setattr(account, f"notify_{kind}_default", bool(defaults[kind]))
+    session.flush()
+    audit_change(session, keyring, actor, account.id, "notification defaults set: " + ", ".join(
+        f"{kind}={bool(defaults[kind])}" for kind in NOTIFICATION_KINDS))

@@ -17,7 +17,7 @@ from common import audit, passwords, paths
 from common.crypto import DataKeys, Keyring
 from common.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied, TransientError
 from common.jobs.purge import enqueue_purge, purge_pending
-from common.models import TIERS, Account, Contact, FileVersion, Node, PasswordPolicy, User
+from common.models import ROLES, TIERS, Account, Contact, FileVersion, Node, PasswordPolicy, User
 from common.purging import lock_subtree, lock_tree, purge_record
 from common.services import Services
 
@@ -87,8 +87,11 @@ def create_account(session: Session, keyring: Keyring, *, name: str, tier: str, 
 
 
 def create_user(session: Session, keyring: Keyring, account: Account, *, username: str, email: str,
-                password: str, role: str = "user", actor: Actor = SYSTEM) -> User:
-    """Create a user with a home folder, after the name, email and password checks."""
+                password: str | None, role: str = "user", actor: Actor = SYSTEM) -> User:
+    """Create a user with a home folder, after the name, email and password checks.
+
+    With no password (an invited user) nobody can sign in with one until the user sets theirs.
+    """
     service = keyring.service(session)
     keys = keyring.account(session, account.id)
     paths.validate_username(username)
@@ -96,12 +99,15 @@ def create_user(session: Session, keyring: Keyring, account: Account, *, usernam
     index = username_index(service, username)
     if session.scalar(select(User.id).where(User.username_index == index)) is not None:
         raise AlreadyExists("That user name is taken; choose another.")
-    check_new_password(session, account, password, user_inputs=(username, email))
+    if role not in ROLES:
+        raise InvalidInput(f"Role must be one of {', '.join(ROLES)}.")
+    if password is not None:
+        check_new_password(session, account, password, user_inputs=(username, email))
     user = User(account_id=account.id, role=role, status="active",
                 username_sealed=service.seal_text(username, "username"), username_index=index,
                 email_sealed=keys.seal_text(email, "email"), email_index=email_index(keys, email),
-                password_hash=passwords.hash_password(password),
-                password_changed_at=datetime.now(timezone.utc))
+                password_hash=passwords.hash_password(password) if password is not None else None,
+                password_changed_at=datetime.now(timezone.utc) if password is not None else None)
     session.add(user)
     session.flush()
     user.home_folder_id = _make_root(session, keyring, account.id, user.id, "home", "home").id
@@ -115,8 +121,7 @@ def delete_user(session: Session, keyring: Keyring, account: Account, user: User
     shares they granted, and their login; they stay on as a Contact. Audit events remain."""
     if user.account_id != account.id:
         raise NotFound("No such user in this account.")
-    if user.is_admin and _admin_count(session, account.id) <= 1:
-        raise PermissionDenied("An account needs at least one admin; make another user admin first.")
+    keep_an_admin(session, account.id, user, "deleted")
     keys = keyring.account(session, account.id)
     email = keys.open_text(user.email_sealed, "email")
     # A folder deletion's locks: an upload committing into their files waits for us and then
@@ -138,8 +143,72 @@ def delete_user(session: Session, keyring: Keyring, account: Account, user: User
     audit.record(session, keyring, _admin_event(actor, account.id, f"user {user_id} deleted; kept as contact"))
 
 
-def _admin_count(session: Session, account_id: int) -> int:
-    return session.scalar(select(func.count()).where(User.account_id == account_id, User.role == "admin"))
+def keep_an_admin(session: Session, account_id: int, user: User, change: str) -> None:
+    """Refuse a change that would leave the account with no active admin but `user`.
+
+    The account row is locked first, so two admins changed at once cannot both pass the count.
+    """
+    session.execute(select(Account.id).where(Account.id == account_id).with_for_update())
+    session.flush()
+    session.refresh(user)  # as committed by whoever held the lock before us
+    if not user.is_admin or user.status != "active":
+        return
+    others = session.scalar(select(func.count()).where(
+        User.account_id == account_id, User.role == "admin", User.status == "active", User.id != user.id))
+    if others == 0:
+        raise PermissionDenied(f"The last admin of an account cannot be {change}; "
+                               "make another user admin first.")
+
+
+def set_role(session: Session, keyring: Keyring, account: Account, user: User, role: str, *,
+             actor: Actor = SYSTEM) -> None:
+    """Make a user an admin or a plain user; the account's last admin stays one. Audited."""
+    _check_member(account, user)
+    if role not in ROLES:
+        raise InvalidInput(f"Role must be one of {', '.join(ROLES)}.")
+    if role == user.role:
+        return
+    if role != "admin":
+        keep_an_admin(session, account.id, user, "demoted")
+    user.role = role
+    session.flush()
+    audit.record(session, keyring, _admin_event(actor, account.id, f"user {user.id} role set to {role}"))
+
+
+def set_email(session: Session, keyring: Keyring, account: Account, user: User, email: str, *,
+              actor: Actor = SYSTEM) -> None:
+    """Change a user's email address (sealed, with its index). Audited."""
+    _check_member(account, user)
+    keys = keyring.account(session, account.id)
+    index = email_index(keys, email)
+    if index == user.email_index:
+        return
+    user.email_sealed, user.email_index = keys.seal_text(email.strip(), "email"), index
+    session.flush()
+    audit.record(session, keyring, _admin_event(actor, account.id, f"user {user.id} email changed"))
+
+
+def set_enabled(session: Session, keyring: Keyring, account: Account, user: User, enabled: bool, *,
+                actor: Actor = SYSTEM) -> None:
+    """Enable or disable a user. A disabled user cannot sign in on any door; their web sessions
+    end (a new session version) and their open FTPS and SFTP sessions are refused at the next
+    operation (the Workspace checks the status). The last admin cannot be disabled. Audited."""
+    _check_member(account, user)
+    status = "active" if enabled else "disabled"
+    if status == user.status:
+        return
+    if not enabled:
+        keep_an_admin(session, account.id, user, "disabled")
+        user.session_version += 1
+    user.status = status
+    session.flush()
+    detail = f"user {user.id} {'enabled' if enabled else 'disabled'}"
+    audit.record(session, keyring, _admin_event(actor, account.id, detail))
+
+
+def _check_member(account: Account, user: User) -> None:
+    if user.account_id != account.id:
+        raise NotFound("No such user in this account.")
 
 
 @dataclass(frozen=True)

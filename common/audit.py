@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from common import doors
 from common.crypto import Keyring
-from common.models import Account, AuditEvent, ServiceState
+from common.models import Account, AuditEvent, AuditExport, ServiceState, User
 
 GENESIS = bytes(32)
 
@@ -200,12 +200,36 @@ class EventView:
 
 @dataclass(frozen=True)
 class EventFilter:
+    """Which events: every field narrows; `path_text` matches inside the unsealed path (no case)."""
+
     actions: tuple[str, ...] = ()
     protocols: tuple[str, ...] = ()
     statuses: tuple[str, ...] = ()
     user_id: int | None = None
     since: datetime | None = None
     until: datetime | None = None
+    ip: str | None = None
+    path_text: str | None = None
+    max_seq: int | None = None  # pins a download to the chain as it stood when it began
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """One page of events, newest first, with the keyset bounds of its neighbours.
+
+    `older`: pass as `before_seq` for the next older page; `newer`: as `after_seq` for the
+    next newer one (None: no such page). `stopped_at`: a path search looked at `scanned`
+    events and stopped at this seq before filling the page; the neighbours continue from there.
+    """
+
+    events: list[EventView]
+    older: int | None
+    newer: int | None
+    scanned: int = 0
+    stopped_at: int | None = None
+
+
+PATH_SCAN_LIMIT = 20_000  # events a path search unseals for one page, at most
 
 
 def query_events(session: Session, keyring: Keyring, account_id: int, flt: EventFilter = EventFilter(), *,
@@ -223,7 +247,67 @@ def iter_events(session: Session, keyring: Keyring, account_id: int, flt: EventF
     keys = keyring.account(session, account_id)
     query = _filtered(account_id, flt).order_by(AuditEvent.seq).execution_options(yield_per=2000)
     for row in session.scalars(query):
-        yield _view(keys, row)
+        view = _view(keys, row)
+        if _path_matches(view, flt.path_text):
+            yield view
+
+
+def page_events(session: Session, keyring: Keyring, account_id: int, flt: EventFilter = EventFilter(), *,
+                before_seq: int | None = None, after_seq: int | None = None, limit: int = 50,
+                scan_limit: int | None = None) -> EventPage:
+    """One page of matching events by keyset on (account, seq): older than `before_seq`, or
+    else the ones just newer than `after_seq`. A path search unseals at most `scan_limit` events."""
+    limit, ascending = max(1, min(limit, 1000)), after_seq is not None
+    scan_limit = scan_limit or PATH_SCAN_LIMIT
+    query = _filtered(account_id, flt)
+    bounded = query.where(AuditEvent.seq > after_seq) if ascending else (
+        query.where(AuditEvent.seq < before_seq) if before_seq is not None else query)
+    found, scanned, last_seq = _scan(session, keyring.account(session, account_id),
+                                     bounded.order_by(AuditEvent.seq.asc() if ascending else AuditEvent.seq.desc()),
+                                     flt.path_text, limit + 1, scan_limit)
+    stopped = bool(flt.path_text) and scanned >= scan_limit and len(found) <= limit
+    ahead = (last_seq if stopped else found[limit - 1].seq) if stopped or len(found) > limit else None
+    found = found[:limit]
+    start = found[0].seq if found else _just_past(after_seq, before_seq)
+    behind = start if start is not None and _any(session, query, start, newer=not ascending) else None
+    if ascending:
+        return EventPage(found[::-1], older=behind, newer=ahead, scanned=scanned,
+                         stopped_at=last_seq if stopped else None)
+    return EventPage(found, older=ahead, newer=behind, scanned=scanned, stopped_at=last_seq if stopped else None)
+
+
+def _scan(session: Session, keys, query, path_text: str | None, wanted: int, scan_limit: int):
+    """(matching views, rows looked at, the last seq looked at), stopping at `wanted` matches."""
+    if not path_text:
+        views = [_view(keys, row) for row in session.scalars(query.limit(wanted))]
+        return views, len(views), views[-1].seq if views else None
+    found, scanned, last_seq = [], 0, None
+    query = query.where(AuditEvent.path_sealed.is_not(None)).limit(scan_limit).execution_options(yield_per=500)
+    for row in session.scalars(query):
+        scanned, last_seq = scanned + 1, row.seq
+        view = _view(keys, row)
+        if _path_matches(view, path_text):
+            found.append(view)
+            if len(found) >= wanted:
+                break
+    return found, scanned, last_seq
+
+
+def _just_past(after_seq: int | None, before_seq: int | None) -> int | None:
+    """Where an empty page's neighbour starts: the bound it was asked for, taken inclusively."""
+    if after_seq is not None:
+        return after_seq + 1
+    return before_seq - 1 if before_seq is not None else None
+
+
+def _any(session: Session, query, seq: int, *, newer: bool) -> bool:
+    """Whether a matching event lies beyond `seq` (path text aside: its page may then be empty)."""
+    beyond = query.where(AuditEvent.seq > seq if newer else AuditEvent.seq < seq)
+    return session.scalar(beyond.with_only_columns(AuditEvent.id).limit(1)) is not None
+
+
+def _path_matches(view: EventView, path_text: str | None) -> bool:
+    return not path_text or (view.path is not None and path_text.casefold() in view.path.casefold())
 
 
 def _filtered(account_id: int, flt: EventFilter):
@@ -240,6 +324,10 @@ def _filtered(account_id: int, flt: EventFilter):
         query = query.where(AuditEvent.at >= flt.since)
     if flt.until is not None:
         query = query.where(AuditEvent.at < flt.until)
+    if flt.ip:
+        query = query.where(AuditEvent.ip == normalise_ip(flt.ip))
+    if flt.max_seq is not None:
+        query = query.where(AuditEvent.seq <= flt.max_seq)
     return query
 
 
@@ -250,3 +338,20 @@ def _view(keys, row: AuditEvent) -> EventView:
         ip=row.ip, protocol=row.protocol, action=row.action, direction=row.direction,
         path=keys.open_text(row.path_sealed, "audit-path") if row.path_sealed else None,
         bytes=row.nbytes, duration_ms=row.duration_ms, status=row.status, detail=row.detail, hash=row.hash)
+
+
+def user_choices(session: Session, keyring: Keyring, account_id: int) -> list[tuple[int, str]]:
+    """(id, user name) of the account's users, by name: what the audit page's user filter offers."""
+    service = keyring.service(session)
+    rows = session.execute(select(User.id, User.username_sealed).where(User.account_id == account_id)).all()
+    return sorted(((user_id, service.open_text(sealed, "username")) for user_id, sealed in rows),
+                  key=lambda choice: (choice[1].casefold(), choice[0]))
+
+
+def recent_exports(session: Session, account_id: int, limit: int = 31) -> list[AuditExport]:
+    """The account's latest daily exports, newest day first (detached rows)."""
+    rows = session.scalars(select(AuditExport).where(AuditExport.account_id == account_id)
+                           .order_by(AuditExport.day.desc()).limit(limit)).all()
+    for row in rows:
+        session.expunge(row)
+    return list(rows)

@@ -157,13 +157,22 @@ def integrity_alert(settings: Settings, account_id: int, recipients: list[str]) 
                   public_url=settings.public_url, account_id=int(account_id))
 
 
+SHARE_ACCESS = {"read": "download its files", "write": "download files and upload new ones",
+                "request": "send files into it"}
+
+
 def share_invitation(settings: Settings, recipient: str, token: str, permission: str,
-                     expires: datetime) -> Message:
+                     expires: datetime, *, password: bool = False) -> Message:
     """The invitation a contact receives with the link to a folder shared with them."""
-    access = "download its files" if permission == "read" else "download files and upload new ones"
     return render((recipient,), "A folder has been shared with you", "share_invitation",
-                  link=f"{settings.public_url}/s/{token}", access=access,
-                  expires=f"{expires:%Y-%m-%d %H:%M}")
+                  link=f"{settings.public_url}/s/{token}", access=SHARE_ACCESS[permission],
+                  expires=f"{expires:%Y-%m-%d %H:%M}", password=password)
+
+
+def arrivals(settings: Settings, recipient: str, count: int, folder_url: str) -> Message:
+    """The owner's digest of files that arrived through their links: how many, and where; no names."""
+    return render((recipient,), f"Sealdrop: {count} new file{'s' if count != 1 else ''} arrived", "arrivals",
+                  count=int(count), folder_url=folder_url)
 
 
 PASSWORD_SUBJECTS = {"invite": "Your Sealdrop account: choose your password",

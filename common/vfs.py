@@ -25,7 +25,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from common import audit, doors, paths, refs
+from common import audit, doors, notifications, paths, refs
 from common.content import ContentReader, ContentWriter, StoredContent
 from common.crypto import DataKeys, random_key
 from common.errors import (
@@ -37,6 +37,7 @@ from common.jobs.ingest import enqueue_ingest
 from common.jobs.purge import enqueue_purge, purge_pending
 from common.models import Account, FileVersion, Node, PendingPurge, Share, User
 from common.purging import lock_subtree, lock_tree, purge_record
+from common.sharing import record_arrival
 from common.services import Services
 from common.storage import upload_verified
 
@@ -67,6 +68,7 @@ class Principal:
     protocol: str
     ip: str | None = None
     share_id: int | None = None  # a link visitor's share
+    link_id: int | None = None  # and the link it came through, named in its audit events
 
     @property
     def is_admin(self) -> bool:
@@ -77,9 +79,13 @@ class Principal:
         return doors.door(self.protocol)
 
     @classmethod
-    def for_link(cls, share_id: int, account_id: int, *, ip: str | None = None) -> "Principal":
-        """A visitor holding a link to this share: only inside its folder, with the share's permission."""
-        return cls(None, account_id, None, "visitor", doors.LINK.name, ip, share_id=share_id)
+    def for_link(cls, share_id: int, account_id: int, *, ip: str | None = None,
+                 link_id: int | None = None) -> "Principal":
+        """A visitor holding a link to this share: only inside its folder, with the share's permission.
+
+        A request link's visitor may only upload into the folder itself, seeing nothing in it.
+        """
+        return cls(None, account_id, None, "visitor", doors.LINK.name, ip, share_id=share_id, link_id=link_id)
 
     @classmethod
     def system(cls, account_id: int) -> "Principal":
@@ -127,7 +133,7 @@ class _Place:
 
     @property
     def writable(self) -> bool:
-        return self.node is not None and self.permission == "write"
+        return self.node is not None and self.permission in ("write", "request")
 
     @property
     def ref(self) -> str:
@@ -189,6 +195,8 @@ class Workspace:
         """Create a folder."""
         with self._session() as session:
             parent, name = self._writable_parent(session, path)
+            if parent.permission == "request":
+                raise PermissionDenied()  # a request link only sends files
             keys = self._keys(session)
             node = Node(account_id=self.me.account_id, owner_id=parent.node.owner_id,
                         parent_id=parent.node.id, kind="folder",
@@ -255,18 +263,26 @@ class Workspace:
 
     # -- content ---------------------------------------------------------------------------
     @_audits_refusals("upload")
-    def open_write(self, path: str, *, mtime: datetime | None = None) -> "Upload":
-        """Start an upload; nothing is visible until `commit()`; `abort()` leaves no trace."""
+    def open_write(self, path: str, *, mtime: datetime | None = None, on_clash: str = "replace") -> "Upload":
+        """Start an upload; nothing is visible until `commit()`; `abort()` leaves no trace.
+
+        On a name clash, "replace" makes a new version of the file; "rename" stores the upload
+        as `name (2).ext` (or the next free number), chosen at commit. Link visitors never replace.
+        """
+        if on_clash not in ("replace", "rename"):
+            raise ValueError(f"unknown on_clash {on_clash!r}")
+        if self.me.door.reach is doors.Reach.SHARE:
+            on_clash = "rename"  # a visitor learns nothing of, and changes nothing in, what is there
         with self._session() as session:
             parent, name = self._writable_parent(session, path)
-            existing = self._child(session, parent.node, name)
+            existing = self._child(session, parent.node, name) if on_clash == "replace" else None
             if existing is not None and existing.kind == "folder":
                 raise IsAFolder()
             key_version = self.services.keyring.active_file_key_version(session, self.me.account_id)
         file_key = random_key()
         writer = ContentWriter(self.services.spool, file_key, uuid.uuid4(), key_version)
         return Upload(self, parent.node.id, parent.node.owner_id, paths.join(parent.path, name), name,
-                      writer, file_key, mtime)
+                      writer, file_key, mtime, rename_on_clash=on_clash == "rename")
 
     @_audits_refusals("download")
     def open_read(self, path: str, offset: int = 0, length: int | None = None, *,
@@ -384,11 +400,12 @@ class Workspace:
         with _expecting(target):
             return self.open_read(target[0], offset, length, version=version)
 
-    def open_write_by_id(self, parent_ref: str, name: str, *, mtime: datetime | None = None) -> "Upload":
+    def open_write_by_id(self, parent_ref: str, name: str, *, mtime: datetime | None = None,
+                         on_clash: str = "replace") -> "Upload":
         """Start an upload of `name` into the folder a ref names (see open_write)."""
         parent = self._locate(parent_ref, "upload")
         with _expecting(parent):
-            return self.open_write(paths.join(parent[0], name), mtime=mtime)
+            return self.open_write(paths.join(parent[0], name), mtime=mtime, on_clash=on_clash)
 
     def _locate(self, ref: str, operation: str) -> tuple[str, int | None]:
         """A ref's path and node id, for an operation that resolves the path again."""
@@ -584,6 +601,8 @@ class Workspace:
         node = place.node
         if node is None or node.account_id != self.me.account_id:
             raise NotFound()
+        if names and place.permission == "request":
+            raise PermissionDenied()  # a request link sees nothing inside its folder
         for name in names:
             if node.kind != "folder":
                 raise NotAFolder()
@@ -625,6 +644,8 @@ class Workspace:
     def _check_changeable(self, place: _Place) -> None:
         if place.virtual or place.node.parent_id is None or place.share_root:
             raise PermissionDenied()
+        if self.me.door.reach is doors.Reach.SHARE:
+            raise PermissionDenied()  # a link never deletes, renames or retouches
         if not place.writable:
             raise PermissionDenied()
 
@@ -662,6 +683,8 @@ class Workspace:
                     for name, value in place.children.items()]
         if place.node.kind != "folder":
             raise NotAFolder()
+        if place.permission == "request":
+            raise PermissionDenied()  # a request link never shows the folder's contents
         entries = self._children(session, place)
         if place.path == "/" and place.share is None:
             entries += self._root_extras(session, self._user(session))
@@ -686,8 +709,8 @@ class Workspace:
     def _node_entry(path: str, node: Node, version: FileVersion | None, permission: str,
                     name: str | None = None) -> Entry:
         name = name or paths.parts(path)[-1]
-        if node.kind == "folder":
-            return Entry(name, path, "folder", mtime=node.mtime, writable=permission == "write",
+        if node.kind == "folder":  # a request link's folder takes uploads too
+            return Entry(name, path, "folder", mtime=node.mtime, writable=permission in ("write", "request"),
                          id=refs.node_ref(node.id))
         return Entry(name, path, "file", size=version.size if version else 0, mtime=node.mtime,
                      writable=permission == "write", md5=version.md5 if version else None,
@@ -715,6 +738,8 @@ class Workspace:
     def _audit(self, session: Session, action: str, *, status: str = "ok", path: str | None = None,
                direction: str | None = None, nbytes: int | None = None, duration_ms: int | None = None,
                detail: str | None = None) -> None:
+        if self.me.link_id is not None:
+            detail = "; ".join(filter(None, (f"link {self.me.link_id}", detail)))
         audit.record(session, self.services.keyring, audit.Event(
             action=action, protocol=self.me.door.audit_protocol, status=status, account_id=self.me.account_id,
             user_id=self.me.user_id, username=self.me.username, ip=self.me.ip, direction=direction,
@@ -754,8 +779,9 @@ class Upload:
     """An upload in progress: `write` chunks, then exactly one of `commit` or `abort`."""
 
     def __init__(self, workspace: Workspace, parent_id: int, owner_id: int | None, path: str, name: str,
-                 writer: ContentWriter, file_key: bytes, mtime: datetime | None):
+                 writer: ContentWriter, file_key: bytes, mtime: datetime | None, *, rename_on_clash: bool = False):
         self.workspace, self.path, self.name = workspace, path, name
+        self._rename_on_clash = rename_on_clash
         self._parent_id, self._owner_id = parent_id, owner_id
         self._writer, self._file_key = writer, file_key
         self._mtime = mtime
@@ -794,6 +820,7 @@ class Upload:
                 entry, replaced = self._commit_version(session, prints, stored=inline)
                 ws._audit(session, "upload", path=self.path, direction="in", nbytes=prints.size,
                           duration_ms=int((time.monotonic() - self._started) * 1000))
+                notifications.count_upload(session, self._parent_id, ws.me.user_id)
                 session.flush()
                 committing = True  # past this point only COMMIT itself can fail
         except BaseException as exc:
@@ -852,6 +879,12 @@ class Upload:
         parent = session.get(Node, self._parent_id, with_for_update=True)
         if parent is None:
             raise NotFound("The folder was deleted during the upload")
+        if self._rename_on_clash:  # the parent's lock makes the free name ours until COMMIT
+            self.name = self._free_name(session, parent)
+            self.path = paths.join(paths.parent_and_name(self.path)[0], self.name)
+            index = keys.index(f"node:{self._parent_id}", self.name)
+        if ws.me.share_id is not None:
+            record_arrival(session, ws.me.share_id)
         session.execute(insert(Node).values(
             account_id=ws.me.account_id, owner_id=self._owner_id, parent_id=self._parent_id,
             kind="file", name_sealed=keys.seal_text(self.name, "node-name"), name_index=index,
@@ -881,6 +914,16 @@ class Upload:
             session.add(purge_record(previous))
             session.delete(previous)
         return Workspace._node_entry(self.path, node, version, "write", name=self.name), previous is not None
+
+    def _free_name(self, session: Session, parent: Node) -> str:
+        """The upload's name, or `stem (n).ext` with the first n from 2 that no entry has."""
+        stem, dot, ext = self.name.rpartition(".")
+        if not stem:  # no extension (or a leading dot only): number the whole name
+            stem, dot, ext = self.name, "", ""
+        candidate, n = self.name, 2
+        while self.workspace._child(session, parent, candidate) is not None:
+            candidate, n = f"{stem} ({n}){dot}{ext}", n + 1
+        return candidate
 
     def _after_commit(self, replaced: bool, cipher_size: int, inline: bool) -> None:
         services = self.workspace.services

@@ -17,20 +17,26 @@ from flask_wtf import CSRFProtect
 from common.config import Settings, settings_from_environment
 from common.errors import ConfigError
 from common.services import Services
-from portal import auth, cli, compliance, files, health, profile, security, settings as settings_pages
+from portal import (
+    audit, auth, cli, compliance, contacts, files, health, links, profile, security, settings as settings_pages,
+    shares, users,
+)
 from portal.auth.current import init_login
 from portal.extensions import db, migrate
 from portal.sessions import DatabaseSessionInterface
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BLUEPRINTS = (health.bp, auth.bp, files.bp, profile.bp, settings_pages.bp, compliance.bp)
+BLUEPRINTS = (health.bp, auth.bp, files.bp, profile.bp, users.bp, contacts.bp, settings_pages.bp, compliance.bp,
+              links.bp, shares.bp, audit.bp)
 # The navigation: (endpoint, label, admins only); entries whose blueprint is not registered are left out.
 NAVIGATION = (
     ("files.home", "Files", False),
+    ("shares.index", "Shared by me", False),
     ("users.index", "Users", True),
     ("contacts.index", "Contacts", True),
     ("settings.index", "Settings", True),
     ("compliance.index", "Compliance", True),
+    ("audit.index", "Audit", True),
     ("profile.index", "Profile", False),
     ("profile.connection", "Connection details", False),
 )

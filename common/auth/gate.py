@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from sqlalchemy import func, update
 from sqlalchemy.orm import Session
 
-from common import accounts, audit, doors, passwords
+from common import accounts, audit, doors, notifications, passwords
 from common.auth import app_passwords, defender, lockout, ssh_keys, totp, web_sessions
 from common.auth.addresses import client_ip
 from common.auth.allowlist import is_address_allowed
@@ -310,15 +310,18 @@ def _check_code(login: _Login, code: str) -> _Verdict:
 def _settle(services: Services, login: _Login, reservation: Reservation, verdict: _Verdict) -> AuthResult:
     first_factor = verdict.step is None and verdict.recovery_code is None
     needs_totp = first_factor and login.mfa == MFA_ENROLLED and login.door.asks_for_code
+    froze = False
     with services.db.session() as session:
         if verdict.ok:
             verdict = _claim_code(session, login, verdict)
         if not verdict.ok:
-            _confirm_failure(session, services, login, reservation, verdict.detail)
+            froze = _confirm_failure(session, services, login, reservation, verdict.detail)
         elif needs_totp:
             lockout.uncount(session, services.settings, login.subject, reservation)
         else:
             _record_success(session, services.keyring, login, _success_detail(login, verdict))
+    if froze and login.user_id is not None:
+        notifications.lockout(services, login.account_id, login.user_id)  # once: only this attempt froze it
     if not verdict.ok:
         raise AuthFailed()
     return _result(login, needs_totp=needs_totp)
@@ -337,9 +340,11 @@ def _claim_code(session: Session, login: _Login, verdict: _Verdict) -> _Verdict:
 
 
 def _confirm_failure(session: Session, services: Services, login: _Login,
-                     reservation: Reservation, detail: str) -> None:
+                     reservation: Reservation, detail: str) -> bool:
+    """Record a failed attempt; True if it froze the name."""
     frozen = lockout.confirm_failure(session, services.settings, login.subject, reservation)
     _record_failure(session, services, login, "failed", detail, lockout_detail=frozen)
+    return frozen is not None
 
 
 def _finish_key_login(services: Services, login: _Login) -> AuthResult:

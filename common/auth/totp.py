@@ -130,6 +130,14 @@ def disable_totp(session: Session, keyring: Keyring, user: User, code: str, *, a
     return True
 
 
+def reset_mfa(session: Session, keyring: Keyring, user: User, *, actor: Actor = SYSTEM) -> None:
+    """An admin's reset: the user's TOTP secret and recovery codes are removed (a lost phone);
+    where MFA is required they enrol again at their next web sign-in. Audited."""
+    user.totp_secret_sealed = user.totp_enrolled_at = user.totp_last_step = None
+    session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+    audit_change(session, keyring, actor, user.account_id, f"user {user.id} mfa reset")
+
+
 def generate_recovery_codes(session: Session, keyring: Keyring, user: User, *,
                             count: int = RECOVERY_CODE_COUNT, actor: Actor = SYSTEM) -> list[str]:
     """Replace the user's recovery codes with fresh single-use ones and return them (show once)."""

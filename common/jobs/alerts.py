@@ -4,11 +4,10 @@ from __future__ import annotations
 import logging
 
 from rq import Retry
-from sqlalchemy import select
 
 from common import mail
+from common.jobs import notify
 from common.jobs.registry import MAIL_QUEUE, enqueue_once, job, worker_services
-from common.models import User
 from common.services import Services
 
 log = logging.getLogger(__name__)
@@ -36,12 +35,6 @@ def send_integrity_alert(services: Services, account_id: int) -> int:
 
 
 def admin_emails(services: Services, account_id: int) -> list[str]:
-    """The unsealed email addresses of an account's active admins."""
+    """The unsealed email addresses of an account's active admins who want alerts."""
     with services.db.session() as session:
-        sealed = session.scalars(select(User.email_sealed).where(
-            User.account_id == account_id, User.role == "admin", User.status == "active")
-            .order_by(User.id)).all()
-        if not sealed:
-            return []
-        keys = services.keyring.account(session, account_id)
-        return [keys.open_text(value, "email") for value in sealed]
+        return notify.recipients(session, services.keyring, account_id, "alerts")

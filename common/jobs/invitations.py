@@ -6,13 +6,13 @@ Each job makes its token when it runs, so no token ever waits in Redis or in cle
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
 
 from rq import Retry
 from sqlalchemy import select
 
 from common import accounts, mail, sharing
 from common.auth import address_group, password_links
+from common.errors import InvalidInput
 from common.jobs.registry import MAIL_QUEUE, enqueue_once, job, worker_services
 from common.models import Contact, Share, User
 from common.services import Services
@@ -37,9 +37,10 @@ def share_invitation(share_id: int) -> bool:
 
 
 def send_share_invitation(services: Services, share_id: int) -> bool:
-    """Create a fresh link for a contact's share and mail it; the token exists only in the mail.
+    """Mail a contact a fresh token for the share's newest live link (made with the policy's
+    defaults when the share has none); the token exists only in the mail.
 
-    The link is made here, not when the share is, so no token ever waits in Redis or a table.
+    The token is made here, not when the link is, so no token ever waits in Redis or a table.
     """
     with services.db.session() as session:
         share = session.get(Share, share_id)
@@ -47,9 +48,16 @@ def send_share_invitation(services: Services, share_id: int) -> bool:
             return False
         contact = session.get(Contact, share.grantee_contact_id)
         email = services.keyring.account(session, share.account_id).open_text(contact.email_sealed, "email")
-        token = sharing.create_link(session, share)
-        expires = datetime.now(timezone.utc) + sharing.LINK_LIFETIME
-        message = mail.share_invitation(services.settings, email, token, share.permission, expires)
+        link = sharing.newest_live_link(session, share)
+        if link is None:
+            try:
+                link = sharing.create_link(session, services.keyring, share, actor=accounts.SYSTEM)
+            except InvalidInput:  # the policy wants a password: only a link made with one can go out
+                log.warning("share %s has no live link and its account requires link passwords", share_id)
+                return False
+        token = sharing.issue_link_token(session, link)
+        message = mail.share_invitation(services.settings, email, token, link.permission, link.expires_at,
+                                        password=link.password_hash is not None)
     mail.send(services.settings, message)
     return True
 

@@ -10,6 +10,9 @@ timeout are its own (`@job`).
   re-queues lost ingests, removes stale temp and orphan spool files and runs the purge
   (deleted files' ciphertext goes within about a minute);
 - every hour, fixity: re-verify a bounded batch of stored files, least recently checked first;
+- every minute, mail owners how many files arrived through their share links (batched);
+- every minute, the upload digests: one mail per follower whose followed folders got uploads a
+  few minutes ago or more;
 - every ten minutes, drop lockout, defender and ban rows whose windows have passed;
 - at 00:05 UTC, the audit export fan-out: each account's previous day (and any day a missed
   run skipped) written to its /Audit Logs (common.jobs.audit_exports).
@@ -18,9 +21,11 @@ from __future__ import annotations
 
 from rq import cron
 
+from common.jobs.arrivals import arrivals_digest
 from common.jobs.audit_exports import export_fan_out
 from common.jobs.fixity import fixity
 from common.jobs.login_state import prune_login_state
+from common.jobs.notify import send_digests
 from common.jobs.registry import FAILURE_TTL
 from common.jobs.sweep import sweep_all
 
@@ -28,6 +33,8 @@ SCHEDULES = (
     dict(func=sweep_all, interval=60, name="sweep-fan-out"),
     dict(func=fixity, cron="17 * * * *", name="fixity"),
     dict(func=prune_login_state, interval=600, name="prune-login-state"),
+    dict(func=arrivals_digest, interval=60, name="arrivals-digest"),
+    dict(func=send_digests, interval=60, name="upload-digests"),
     dict(func=export_fan_out, cron="5 0 * * *", name="audit-export-fan-out"),
 )
 

@@ -22,7 +22,8 @@ USERS_ENDPOINT = "users.index"
 def index():
     with services().db.session() as db:
         report = compliance.compliance_report(db, db.get(Account, current_user.account_id))
-    return render_template("compliance/index.html", report=report, users_link=_users_link)
+    return render_template("compliance/index.html", report=report, users_link=_users_link,
+                           long_link_days=compliance.LONG_LINK.days)
 
 
 def _users_link(filter_name: str) -> str | None:

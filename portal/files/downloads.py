@@ -7,12 +7,14 @@ sees fewer bytes than `Content-Length` promised: an error, never a truncated suc
 from __future__ import annotations
 
 import unicodedata
+from typing import Callable
 from urllib.parse import quote
 
 from flask import Response, request
 from flask_login import login_required
 
 from common.errors import IsAFolder
+from common.vfs import Workspace
 from portal.auth.current import workspace
 
 # RFC 5987 attr-char beyond letters and digits, which stay unescaped in `filename*`.
@@ -33,7 +35,12 @@ def ascii_fallback(name: str) -> str:
 
 @login_required
 def download(ref: str):
-    ws = workspace()
+    return send_download(workspace(), ref)
+
+
+def send_download(ws: Workspace, ref: str, *, on_start: Callable[[int], None] | None = None) -> Response:
+    """The file a ref names as an attachment, whole or one requested range; `on_start(first
+    byte)` runs before anything is read (a link counts its downloads there)."""
     entry = ws.stat_by_id(ref)
     if entry.is_folder:
         raise IsAFolder()
@@ -42,6 +49,8 @@ def download(ref: str):
     if span is None:
         return _unsatisfiable(entry.size)
     start, stop = span
+    if on_start is not None:
+        on_start(start)
     blocks = ws.open_read_by_id(ref, start, stop - start, version=entry.version)
     partial = (start, stop) != (0, entry.size)
     response = Response(_stream(blocks), status=206 if partial else 200,

@@ -1,7 +1,7 @@
 """The file browser's forms; names are checked again by common.paths when they are used."""
 from flask_wtf import FlaskForm
 from wtforms import HiddenField, StringField, SubmitField
-from wtforms.validators import DataRequired, Length
+from wtforms.validators import AnyOf, DataRequired, Length
 
 NAME_FIELD = {"validators": [DataRequired(message="Enter a name."), Length(max=255)],
               "render_kw": {"autocomplete": "off", "autocapitalize": "none", "spellcheck": "false"}}
@@ -24,3 +24,9 @@ class MoveForm(FlaskForm):
 
 class DeleteForm(FlaskForm):
     submit = SubmitField("Delete permanently")
+
+
+class FollowForm(FlaskForm):
+    """Follow (`on`) or stop following (`off`) a folder."""
+
+    follow = HiddenField(validators=[AnyOf(("on", "off"))])

@@ -49,11 +49,11 @@ class PartSink:
     """The stream Werkzeug writes one file part into: an encrypting upload, or nowhere when
     the part was refused (its error is kept for the reply)."""
 
-    def __init__(self, ws: Workspace, folder_ref: str, name: str):
+    def __init__(self, ws: Workspace, folder_ref: str, name: str, on_clash: str = "replace"):
         self.outcome = Outcome(name)
         self._upload = None
         try:
-            self._upload = ws.open_write_by_id(folder_ref, name)
+            self._upload = ws.open_write_by_id(folder_ref, name, on_clash=on_clash)
         except SealdropError as exc:
             self.outcome.error = exc
 
@@ -89,13 +89,18 @@ class PartSink:
 
 @login_required
 def upload(ref: str):
-    _check_token()
-    ws = workspace()
+    check_token()
+    return receive(workspace(), ref, "files/uploaded.html")
+
+
+def receive(ws: Workspace, ref: str, template: str, *, on_clash: str = "replace", **context):
+    """Stream the request's files into the folder a ref names; the reply is JSON for the
+    script, else the template (given `outcomes` and `folder_ref`). Call check_token first."""
     _check_writable_folder(ws, ref)
     # This one route streams; every other request keeps the app's small limit. (None would mean
     # "the app's limit" in Flask 3.1, so the ceiling is set explicitly.)
     request.max_content_length = UNLIMITED
-    sinks = _receive(ws, ref)
+    sinks = _receive(ws, ref, on_clash)
     outcomes = [sink.outcome for sink in sinks if sink.outcome.name]
     if not outcomes:
         raise BadRequest()
@@ -103,10 +108,10 @@ def upload(ref: str):
     status = failed[0].error.http_status if failed else 200
     if request.accept_mimetypes.best == "application/json":
         return jsonify(files=[o.as_json() for o in outcomes]), status
-    return render_template("files/uploaded.html", outcomes=outcomes, folder_ref=ref), status
+    return render_template(template, outcomes=outcomes, folder_ref=ref, **context), status
 
 
-def _check_token() -> None:
+def check_token() -> None:
     """The CSRF check of CSRFProtect, with the token taken from a header or the query string."""
     try:
         validate_csrf(request.headers.get(TOKEN_HEADER) or request.args.get("csrf_token"))
@@ -127,12 +132,12 @@ def _check_writable_folder(ws: Workspace, ref: str) -> None:
         raise PermissionDenied()
 
 
-def _receive(ws: Workspace, ref: str) -> list[PartSink]:
+def _receive(ws: Workspace, ref: str, on_clash: str) -> list[PartSink]:
     """Parse the multipart body, streaming each file part into its upload."""
     sinks: list[PartSink] = []
 
     def stream_factory(total_content_length, content_type, filename, content_length=None):
-        sinks.append(PartSink(ws, ref, filename) if filename else _Skipped())
+        sinks.append(PartSink(ws, ref, filename, on_clash) if filename else _Skipped())
         return sinks[-1]
 
     parser = FormDataParser(stream_factory, max_form_memory_size=current_app.config["MAX_FORM_MEMORY_SIZE"],

@@ -5,14 +5,14 @@ user on every request, so another account's ref is NotFound (404) like a missing
 """
 from __future__ import annotations
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
-from flask_login import login_required
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_login import current_user, login_required
 
-from common import refs
+from common import notifications, refs
 from common.errors import AlreadyExists, InvalidInput, NotAFolder, NotEmpty, Unsupported
-from portal.auth.current import workspace
+from portal.auth.current import services, workspace
 from portal.files import downloads, uploads
-from portal.files.forms import DeleteForm, MoveForm, NewFolderForm, RenameForm
+from portal.files.forms import DeleteForm, FollowForm, MoveForm, NewFolderForm, RenameForm
 
 bp = Blueprint("files", __name__, url_prefix="/files")
 bp.add_url_rule("/item/<ref>/download", "download", downloads.download)
@@ -49,7 +49,32 @@ def _folder_page(ref: str):
     page = ws.list_page(ref, sort=sort, descending=descending, offset=(page_no - 1) * PAGE_SIZE, limit=PAGE_SIZE)
     pages = max((page.total + PAGE_SIZE - 1) // PAGE_SIZE, 1)
     return render_template("files/folder.html", here=here, trail=ws.trail(ref), page=page, page_no=page_no,
-                           pages=pages, sort=sort, descending=descending, new_folder=NewFolderForm())
+                           pages=pages, sort=sort, descending=descending, new_folder=NewFolderForm(),
+                           following=_following(ref), follow_form=FollowForm())
+
+
+def _following(ref: str) -> bool | None:
+    """Whether I follow this folder; None where there is nothing to follow (the /Shared levels)."""
+    with services().db.session() as db:
+        folder_id = notifications.followable(db, current_user.id, ref)
+        return None if folder_id is None else notifications.is_following(db, current_user.id, folder_id)
+
+
+@bp.post("/folder/<ref>/follow")
+@login_required
+def follow(ref: str):
+    form = FollowForm()
+    if not form.validate_on_submit() or not workspace().stat_by_id(ref).is_folder:
+        abort(400)
+    wanted = form.follow.data == "on"
+    with services().db.session() as db:
+        folder_id = notifications.followable(db, current_user.id, ref)
+        if folder_id is None:
+            abort(400)
+        notifications.set_following(db, current_user.id, folder_id, wanted)
+    flash("You follow this folder: new files here reach you as one mail every few minutes, naming no file."
+          if wanted else "You no longer follow this folder.", "success")
+    return redirect(url_for("files.folder", ref=ref))
 
 
 @bp.get("/item/<ref>")

@@ -1,6 +1,6 @@
 """The profile's forms; every change is a POST carrying its CSRF token."""
 from flask_wtf import FlaskForm
-from wtforms import PasswordField, StringField, SubmitField, TextAreaField
+from wtforms import PasswordField, SelectField, StringField, SubmitField, TextAreaField
 from wtforms.validators import DataRequired, EqualTo, Length
 
 from common.auth import MAX_KEY_LINE
@@ -51,3 +51,12 @@ class AppPasswordForm(FlaskForm):
     label = StringField("What it is for (e.g. the office scanner)",
                         validators=[Length(max=APP_PASSWORD_LABEL_MAX)])
     submit = SubmitField("Create app password")
+
+
+class NotificationsForm(FlaskForm):
+    """Each kind of mail: the account's default, on or off (the labels are set per page)."""
+
+    uploads = SelectField("New files in folders I follow")
+    alerts = SelectField("Lockouts and failed integrity checks (admins)")
+    exports = SelectField("The daily audit export is ready (admins)")
+    submit = SubmitField("Save my choices")

@@ -16,7 +16,7 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from flask_login import current_user, login_required
 from markupsafe import Markup
 
-from common import accounts, audit, auth, door_keys
+from common import accounts, audit, auth, door_keys, notifications
 from common.accounts import Actor
 from common.auth import totp
 from common.auth.policy import MFA_ENROLLED, is_mfa_required, mfa_state
@@ -25,7 +25,8 @@ from common.models import Account, PasswordPolicy, User
 from portal import sessions
 from portal.auth.current import PROTOCOL, enrolling_user, services
 from portal.profile.forms import (
-    AppPasswordForm, ButtonForm, CodeForm, PasswordChangeForm, SshKeyForm, describe_password_rules,
+    AppPasswordForm, ButtonForm, CodeForm, NotificationsForm, PasswordChangeForm, SshKeyForm,
+    describe_password_rules,
 )
 from portal.security import client_address
 
@@ -104,6 +105,28 @@ def sign_out_everywhere():
     session.start_over()
     flash("You are signed out everywhere, including here. Sign in again to continue.", "info")
     return redirect(url_for("auth.sign_in"))
+
+
+# -- notifications --------------------------------------------------------------------------
+
+@bp.route("/notifications", methods=["GET", "POST"], endpoint="notifications")
+@login_required
+def notifications_page():
+    prefs = _as_me(lambda db, user, actor: notifications.preferences(db, user.id))
+    form = NotificationsForm(data={p.kind: _CHOICE_NAMES[p.choice] for p in prefs})
+    kinds = [p.kind for p in prefs if p.kind == "uploads" or current_user.is_admin]  # the others go to admins
+    for pref in prefs:
+        form[pref.kind].choices = [("default", f"The account's default ({'on' if pref.default else 'off'})"),
+                                   ("on", "On"), ("off", "Off")]
+    if form.validate_on_submit():
+        _as_me(lambda db, user, actor: notifications.set_preferences(
+            db, user.id, {kind: notifications.CHOICES[form[kind].data] for kind in kinds}))
+        flash("Your notification choices are saved.", "success")
+        return redirect(url_for("profile.notifications"))
+    return render_template("profile/notifications.html", form=form, kinds=kinds), 400 if form.errors else 200
+
+
+_CHOICE_NAMES = {value: name for name, value in notifications.CHOICES.items()}
 
 
 # -- password -------------------------------------------------------------------------------

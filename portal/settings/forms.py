@@ -33,6 +33,13 @@ class RuleForm(FlaskForm):
     add_rule = SubmitField("Add to the allow-list")
 
 
+class NotifyDefaultsForm(FlaskForm):
+    notify_uploads = BooleanField("Mail users about new files in the folders they follow")
+    notify_alerts = BooleanField("Mail admins about lockouts and failed integrity checks")
+    notify_exports = BooleanField("Mail admins when the daily audit export is ready")
+    save_notify = SubmitField("Save the defaults")
+
+
 class LinkPolicyForm(FlaskForm):
     link_max_days = IntegerField("Longest expiry of a share link (days)", validators=[
         InputRequired(), NumberRange(1, LINK_MAX_DAYS, f"Give a number of days from 1 to {LINK_MAX_DAYS}.")])

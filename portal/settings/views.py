@@ -17,7 +17,7 @@ from common.errors import AlreadyExists, InvalidInput
 from common.models import Account
 from portal.auth.current import PROTOCOL, admin_required, services
 from portal.security import client_address
-from portal.settings.forms import ConfirmForm, LinkPolicyForm, MfaForm, PolicyForm, RuleForm
+from portal.settings.forms import ConfirmForm, LinkPolicyForm, MfaForm, NotifyDefaultsForm, PolicyForm, RuleForm
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
 
@@ -55,6 +55,8 @@ def _page(status: int = 200, **submitted):
         "link_form": LinkPolicyForm(formdata=None, data=dict(
             link_max_days=current.link_max_days, link_password_required=current.link_password_required,
             request_links_allowed=current.request_links_allowed)),
+        "notify_form": NotifyDefaultsForm(formdata=None, data={
+            f"notify_{kind}": on for kind, on in current.notify_defaults.items()}),
     }
     forms.update(submitted)
     return render_template("settings/index.html", current=current, my_address=client_address(),
@@ -150,6 +152,20 @@ def links():
         request_links_allowed=form.request_links_allowed.data, actor=actor))
     flash("The link policy is saved; it applies to share links made from now on.", "success")
     return redirect(url_for("settings.index", _anchor="link-policy"))
+
+
+@bp.post("/notifications")
+@admin_required
+def notify_defaults():
+    form = NotifyDefaultsForm()
+    if not form.validate_on_submit():
+        return _invalid(form, "notify_form")
+    _as_admin(lambda db, account, actor: account_settings.set_notification_defaults(
+        db, _keyring(), account, {kind: form[f"notify_{kind}"].data for kind in account_settings.NOTIFICATION_KINDS},
+        actor=actor))
+    flash("The notification defaults are saved; they apply to every user who has not chosen otherwise "
+          "in their profile.", "success")
+    return redirect(url_for("settings.index", _anchor="notifications"))
 
 
 def _invalid(form, name: str):

@@ -28,7 +28,7 @@ from common.errors import IntegrityFailure, NotFound, TransientError
 from common.jobs.fixity import fixity
 from common.jobs.ingest import LOST_CIPHERTEXT_TRIES, mark_stored, enqueue_ingest, ingest_job_id, ingest_version
 from common.jobs.purge import purge_pending
-from common.jobs.registry import MAINTENANCE_QUEUE, ingest_queue_name
+from common.jobs.registry import MAIL_QUEUE, MAINTENANCE_QUEUE, ingest_queue_name
 from common.jobs.sweep import ORPHAN_READY_SECONDS, STALE_TEMP_SECONDS, fan_out_sweeps, register_spool, requeue_lost_ingests, sweep_all, sweep_spool
 from common.models import AuditEvent, FileVersion, PendingPurge, Spool
 from common.services import Services
@@ -271,10 +271,12 @@ def test_cron_file_is_valid_for_rq_cron(own):
     scheduler = CronScheduler(connection=own.redis)
     scheduler.load_config_from_file("common/jobs/schedules.py")
     registered = {job.name: job for job in scheduler.get_jobs()}
-    assert set(registered) == {"sweep-fan-out", "fixity", "prune-login-state", "audit-export-fan-out"}
+    assert set(registered) == {"sweep-fan-out", "fixity", "prune-login-state", "arrivals-digest", "upload-digests",
+                               "audit-export-fan-out"}
     assert registered["sweep-fan-out"].func is sweep_all
     assert registered["sweep-fan-out"].queue_name == MAINTENANCE_QUEUE
     assert registered["fixity"].job_options["job_timeout"] == fixity.job_spec.timeout
+    assert registered["upload-digests"].queue_name == MAIL_QUEUE and registered["upload-digests"].interval == 60
 
 
 def test_clock_fans_the_sweeper_out_to_every_known_spool(fresh_settings, test_env):

@@ -29,7 +29,10 @@ QUEUED_NAMES = {
     "common.jobs.ingest.ingest", "common.jobs.purge.purge", "common.jobs.sweep.sweep",
     "common.jobs.sweep.sweep_all", "common.jobs.fixity.fixity", "common.jobs.alerts.integrity_alert",
     "common.jobs.invitations.share_invitation", "common.jobs.login_state.prune_login_state",
-    "common.jobs.invitations.password_link",
+    "common.jobs.invitations.password_link", "common.jobs.arrivals.arrivals_digest",
+    "common.jobs.notify.lockout_alert", "common.jobs.notify.export_ready", "common.jobs.notify.send_digests",
+    "common.jobs.chain.verify_chain", "common.jobs.audit_exports.export_audit_day",
+    "common.jobs.audit_exports.export_fan_out",
 }
 
 

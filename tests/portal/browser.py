@@ -6,12 +6,16 @@ import contextlib
 import threading
 from dataclasses import dataclass
 
-from playwright.sync_api import Browser, sync_playwright
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
 from werkzeug.serving import make_server
 
-from tests.fixtures import tool
+from portal import create_app
+from tests.fixtures import REPO_ROOT, tool
 
 HOST = "127.0.0.1"
+SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
+LAPTOP = {"width": 1280, "height": 800}
 
 
 @dataclass
@@ -42,3 +46,24 @@ def chromium() -> Browser:
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def live_portal(settings, migrated, tls_files):
+    """The portal served over HTTPS for a module's browser tests."""
+    app = create_app(settings)
+    with serving(app, tls_files) as portal:
+        yield portal
+    app.extensions["sealdrop"].close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as browser:
+        yield browser
+
+
+def shoot(page: Page, name: str) -> None:
+    """A full-page screenshot into docs/screenshots/ (the README shows them)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)

@@ -3,48 +3,34 @@
 Sign in, enrol in MFA (the code from pyotp), sign out and in again with a code, make a
 folder, upload with the form (also with JavaScript off) and by drag-and-drop (the progress
 bar seen), download (same bytes), rename and delete, create an app password and use it with
-curl over FTPS, sign out; the old cookie then opens no page. Screenshots of the main pages
-go to docs/screenshots/ for the README.
+curl over FTPS, sign out; the old cookie then opens no page. An admin invites a user, who
+sets a password from the mail's link and signs in; the admin tightens the password rules
+and the compliance page changes. Screenshots of the main pages go to docs/screenshots/ for
+the README.
 """
 from __future__ import annotations
 
 import base64
+import email
+import email.policy
 import hashlib
 import os
 import re
+import secrets
 import subprocess
 import time
+from urllib.parse import urlsplit
 
 import pyotp
-import pytest
 from playwright.sync_api import Page, expect
+from rq.job import Job
 
-from portal import create_app
-from tests.fixtures import REPO_ROOT, client_env, tool
-from tests.portal.browser import chromium, serving
+from common import accounts
+from common.jobs.invitations import send_password_link
+from tests.fixtures import client_env, tool
+from tests.portal.browser import LAPTOP, browser, live_portal, shoot  # noqa: F401  (fixtures)
 
-SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
-LAPTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
-
-
-@pytest.fixture(scope="module")
-def live_portal(settings, migrated, tls_files):
-    app = create_app(settings)
-    with serving(app, tls_files) as portal:
-        yield portal
-    app.extensions["sealdrop"].close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as browser:
-        yield browser
-
-
-def shoot(page: Page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
 def sign_in(page: Page, url: str, username: str, password: str) -> None:
@@ -52,6 +38,11 @@ def sign_in(page: Page, url: str, username: str, password: str) -> None:
     page.fill("#username", username)
     page.fill("#password", password)
     page.click("#submit")
+
+
+def go_to(page: Page, section: str) -> None:
+    """Follow an entry of the navigation bar."""
+    page.locator("nav.navbar").get_by_role("link", name=section, exact=True).click()
 
 
 def next_code(totp: pyotp.TOTP) -> str:
@@ -82,7 +73,7 @@ def test_a_user_walks_the_portal_in_a_browser(live_portal, browser, account, ftp
     expect(page.get_by_role("link", name="Audit Logs", exact=True)).to_be_visible()  # an admin's
 
     # Enrol in MFA: the QR code and the key are shown; a code from the app confirms it.
-    page.get_by_role("link", name="Profile").click()
+    go_to(page, "Profile")
     page.goto(url + "/profile/mfa")
     page.get_by_role("button", name="Set up two-step sign-in").click()
     expect(page.locator("#qr svg")).to_be_visible()
@@ -109,6 +100,10 @@ def test_a_user_walks_the_portal_in_a_browser(live_portal, browser, account, ftp
     page.fill("#name", "Reports 2026")
     page.get_by_role("button", name="Create folder").click()
     open_folder(page, "Reports 2026")
+    page.click("#share-folder")
+    expect(page.locator("h1")).to_contain_text("Share")
+    shoot(page, "share-dialog")
+    page.go_back()
     form_file = tmp_path / "lab results.csv"
     form_file.write_bytes(b"patient,result\n1,negative\n" * 4000)
     page.set_input_files("#upload-form input[type=file]", str(form_file))
@@ -222,3 +217,68 @@ def upload_without_javascript(browser, url, account, recovery_code, tmp_path) ->
     page.get_by_role("button", name="Upload", exact=True).click()
     expect(page.get_by_text(hashlib.sha256(plain.read_bytes()).hexdigest())).to_be_visible()
     context.close()
+
+
+def invitation_link(settings, email_address: str) -> str:
+    """The set-password path in the newest mail written for this address (no SMTP_URL in tests)."""
+    for path in sorted(settings.mail_dir.glob("*.eml"), reverse=True):
+        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        if message["To"] == email_address:
+            text = message.get_body(preferencelist=("plain",)).get_content()
+            return urlsplit(re.search(r"https?://\S+/password/\S+", text).group(0)).path
+    raise AssertionError("no invitation was written")
+
+
+def test_an_admin_invites_a_user_and_tightens_the_policy(live_portal, browser, account, services, settings):
+    url = live_portal.url
+    admin = browser.new_context(ignore_https_errors=True, viewport=LAPTOP)
+    page = admin.new_page()
+    sign_in(page, url, account.admin_username, account.password)
+
+    # The compliance page before the policy changes.
+    go_to(page, "Compliance")
+    policy_before = page.inner_text("#item-policy")
+    shoot(page, "compliance")
+
+    # A new user, invited by mail.
+    go_to(page, "Users")
+    page.get_by_role("link", name="New user…").click()
+    username = "nurse" + secrets.token_hex(4)
+    address = f"{username}@clinic.example"
+    page.fill("#username", username)
+    page.fill("#email", address)
+    page.get_by_role("button", name="Create and invite").click()
+    expect(page.get_by_text(username).first).to_be_visible()
+    shoot(page, "user")
+    with services.db.session() as db:
+        user_id = accounts.find_user(db, services.keyring, username).id
+    job = Job.fetch(f"password-invite-{user_id}", connection=services.redis)
+    job.delete()  # run here, as the mail worker would
+    assert send_password_link(services, *job.args) is True
+
+    # The user opens the mail's link, sets a password and signs in.
+    newcomer = browser.new_context(ignore_https_errors=True, viewport=PHONE)
+    their_page = newcomer.new_page()
+    their_page.goto(url + invitation_link(settings, address))
+    shoot(their_page, "set-password")
+    password = "Quiet-Lantern-Orchard-" + secrets.token_hex(3)
+    their_page.fill("#new", password)
+    their_page.fill("#confirm", password)
+    their_page.get_by_role("button", name="Set my password").click()
+    sign_in(their_page, url, username, password)
+    expect(their_page.locator("h1")).to_have_text("My files")
+    newcomer.close()
+
+    # The admin tightens the rules; the compliance page says so.
+    go_to(page, "Users")
+    shoot(page, "users")
+    go_to(page, "Settings")
+    page.fill("#min_length", "16")
+    page.check("#symbol")
+    page.check("#digit")
+    page.get_by_role("button", name="Save the password rules").click()
+    shoot(page, "settings")
+    go_to(page, "Compliance")
+    assert page.inner_text("#item-policy") != policy_before
+    expect(page.locator("#item-policy")).to_contain_text("16")
+    admin.close()

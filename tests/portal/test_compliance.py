@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import html
 import re
+from datetime import date
 
 import pytest
 from flask import Blueprint
 
 from common import auth
 from common.errors import AuthFailed
+from common.jobs.chain import check_chain
+from common.models import AuditExport
 from portal import create_app
 from tests.factories import allow, enrol, login, require_mfa, with_user
 from tests.fixtures import STRONG_PASSWORD
@@ -54,12 +57,26 @@ def test_each_item_links_to_where_it_is_fixed(signed_in):
         assert f'id="{anchor}"' in settings_page
 
 
-def test_the_slots_of_the_sharing_and_audit_issues_are_marked_and_empty(signed_in):
+def test_the_slot_of_the_sharing_issue_is_marked_and_empty(signed_in):
     page = text_of(signed_in.get("/compliance/"))
-    assert "Open share links and their expiry" in row(page, "slot-share-links")
-    assert "Available when sharing by link lands." in row(page, "slot-share-links")
-    assert "Last audit export and chain check" in row(page, "slot-audit-export")
-    assert "Available when the audit export lands." in row(page, "slot-audit-export")
+    assert "0 open links" in row(page, "item-share-links")  # filled by sharing (tests/portal/test_shares.py)
+    assert "Available when sharing by link lands." not in page
+
+
+def test_the_last_audit_export_and_chain_check_are_shown(signed_in, services, make_account):
+    account, other = signed_in.account, make_account()
+    page = text_of(signed_in.get("/compliance/"))
+    assert "No daily export yet" in row(page, "item-audit-trail")
+    assert "Chain not verified yet" in row(page, "item-audit-trail")
+    with services.db.session() as session:
+        for day in (date(2026, 3, 1), date(2026, 3, 2)):
+            session.add(AuditExport(account_id=account.id, day=day, events=day.day * 10, chain_head=bytes(32)))
+        session.add(AuditExport(account_id=other.id, day=date(2026, 3, 9), events=1, chain_head=bytes(32)))
+    check_chain(services, account.id)
+    check_chain(services, other.id)
+    trail = row(text_of(signed_in.get("/compliance/")), "item-audit-trail")
+    assert "Exported 2026-03-02" in trail and "20 events" in trail and "2026-03-09" not in trail
+    assert "Chain intact" in trail and "/audit/#chain" in trail
 
 
 def test_the_figures_follow_the_account_and_no_other(signed_in, services, make_account, make_user):
