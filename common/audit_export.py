@@ -23,16 +23,17 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import BinaryIO
 
 import xlsxwriter
+from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
+from xlsxwriter.worksheet import Worksheet
 
-from common import audit, refs
+from common import audit, notifications, refs
 from common.audit import EventFilter, EventView
 from common.errors import AlreadyExists, ConfigError
 from common.models import AuditEvent, AuditExport
 from common.services import Services
 from common.vfs import AUDIT_LOGS, Principal, Workspace
-from xlsxwriter.worksheet import Worksheet
 
 log = logging.getLogger(__name__)
 
@@ -430,7 +431,8 @@ def day_paths(day: date) -> tuple[str, str, str]:
 
 def export_day(services: Services, account_id: int, day: date) -> ExportResult:
     """Write the UTC day's events to /Audit Logs/YYYY/audit-YYYY-MM-DD.csv and .xlsx (replacing
-    earlier ones) and record the export. The files' own upload events land in the next day."""
+    earlier ones), record the export and queue the "export ready" mail. The files' own upload
+    events land in the next day."""
     workspace = Workspace(services, Principal.system(account_id))
     folder, csv_path, xlsx_path = day_paths(day)
     _ensure_folder(workspace, folder)
@@ -447,6 +449,10 @@ def export_day(services: Services, account_id: int, day: date) -> ExportResult:
         xlsx_upload.abort("export failed")
         raise
     _record_export(services, account_id, day, (csv_entry, xlsx_entry), count, head)
+    try:
+        notifications.export_ready(services, account_id, day)  # mail to the admins who opted in
+    except RedisError:
+        log.warning("export-ready mail for account %s not queued: Redis unreachable", account_id)
     log.info("audit export of account %s for %s: %s events", account_id, day.isoformat(), count)
     return ExportResult((csv_entry.path, xlsx_entry.path), count, head)
 

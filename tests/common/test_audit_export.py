@@ -146,6 +146,10 @@ def test_a_day_is_exported_to_csv_and_xlsx_with_only_its_events(services, accoun
     assert summary[account.admin_username][1:] == (1, 1, 1, 1, 1000, 1000)
     assert summary["events"][1] == 8 and summary["chain_head"][1] == result.chain_head.hex()
 
+    ready = Job.fetch(f"export-ready-{account.id}-{iso(DAY)}", connection=services.redis)  # the admins' mail
+    assert ready.func_name == "common.jobs.notify.export_ready"
+    ready.delete()
+
     verified = flask(test_env, "audit", "verify", account.name, "--until", iso(DAY))
     assert verified.returncode == 0, verified.stderr
     assert f"head {result.chain_head.hex()}" in verified.stdout
