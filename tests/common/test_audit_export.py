@@ -29,6 +29,7 @@ from common.models import Account, AuditExport
 from common.services import Services
 from common.vfs import Principal, Workspace
 from tests.factories import admin_workspace, download, upload, wait_for
+from tests.links import make_link, owner_workspace, shared_projects
 from tests.plaintext import Scanner, file_blocks, needles_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -374,6 +375,11 @@ def test_every_door_is_exported_and_read_back_over_sftp(request, services, accou
     sftp.upload("/sftp.txt", b"s" * 33)
     assert sftp.download("/sftp.txt") == b"s" * 33
     transport.close()
+    link_client = request.getfixturevalue("web_app").test_client()
+    link_ip = link_client.environ_base["REMOTE_ADDR"]
+    _, token = make_link(services, account, shared_projects(services, account, "read"))
+    plan = owner_workspace(services, account).stat("/projects/plan.txt").id
+    assert link_client.get(f"/s/{token}/item/{plan}/download").data == b"the plan"
     today = datetime.now(timezone.utc).date()
     wait_for(lambda: {e.protocol for e in _today(services, account, today) if e.action == "logout"} >= {"ftps", "sftp"})
     expected = [_row(e) for e in _today(services, account, today)]
@@ -402,13 +408,13 @@ def test_every_door_is_exported_and_read_back_over_sftp(request, services, accou
     assert [r[1:8] for r in sheet_rows] == [e[1:] for e in expected]
     # Date cells are days as floating point: the millisecond survives, give or take one.
     assert all(abs(r[0] - e[0]) <= timedelta(milliseconds=1) for r, e in zip(sheet_rows, expected))
+    address_of = {r[3:8]: r[2] for r in expected}  # (protocol, action, direction, path, bytes) -> IP
     for protocol, ip, name, size in (("web", web_ip, "/web.txt", 11), ("ftps", ftps_ip, "/" + INJECTION, 22),
                                      ("sftp", sftp_ip, "/sftp.txt", 33)):
-        mine = [r for r in expected if r[3] == protocol]
-        assert {r[2] for r in mine} == {ip}  # the address, no port
-        assert ("login", None, None) in {(r[4], r[5], r[6]) for r in mine}
-        assert ("upload", "in", name, size) in {r[4:8] for r in mine}
-        assert ("download", "out", name, size) in {r[4:8] for r in mine}
+        assert address_of[(protocol, "upload", "in", name, size)] == ip  # the address, no port
+        assert address_of[(protocol, "download", "out", name, size)] == ip
+        assert (ip, protocol, "login") in {r[2:5] for r in expected}
+    assert (link_ip, "link", "download", "out", 8) in {(r[2], *r[3:6], r[7]) for r in expected}
     injected = [r for r in sheet_rows if r[6] == "/" + INJECTION]
     assert injected and all(c.data_type == "s" for row in book["Events"].iter_rows(min_col=7, max_col=7)
                             for c in row if c.value is not None)
