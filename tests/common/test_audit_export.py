@@ -14,13 +14,14 @@ from pathlib import Path
 
 import openpyxl
 import pytest
+import xlsxwriter
 from rq import Queue
 from rq.job import Job
 from sqlalchemy import select
 
 import common.audit
 from common import audit
-from common.audit_export import COLUMNS, day_bounds, export_day, memory_tmpdir, write_xlsx
+from common.audit_export import COLUMNS, day_bounds, export_day, memory_tmpdir, write_cells, write_xlsx
 from common.errors import ConfigError
 from common.jobs import audit_exports
 from common.jobs.audit_exports import enqueue_due_exports, export_job_id, export_fan_out
@@ -165,6 +166,39 @@ def test_no_cell_is_a_formula_in_the_xlsx(services, account, clock):
         sheets = [archive.read(name) for name in archive.namelist() if name.startswith("xl/worksheets/")]
     assert sheets and not any(b"<f>" in sheet or b"<f " in sheet for sheet in sheets)
     assert not any(b"hyperlink" in sheet.lower() for sheet in sheets)
+
+
+TRICKY_TEXTS = ("a & b < c > d \"e\" 'f'", "tab\there\x01\x1f", "_x0041_ literal", "  padded  ", "line\nbreak",
+                "naïve 日本 😀", "😀" * 20_000, "x" * 40_000, INJECTION)
+
+
+def _sheet_values(data: bytes) -> list[tuple]:
+    return list(openpyxl.load_workbook(io.BytesIO(data))["Events"].iter_rows(min_row=2, values_only=True))
+
+
+def test_xlsx_rows_read_back_as_xlsxwriter_writes_them_cell_by_cell():
+    # The export writes each row's XML itself; every cell must read back as XlsxWriter's own
+    # write_datetime / write_string / write_number make it (escapes, control characters,
+    # whitespace, the 32,767-unit limit), and text that looks like rich-string XML stays text.
+    when = datetime(2026, 1, 15, 3, 4, 5, 678000, tzinfo=timezone.utc)
+    views = [audit.EventView(seq, when, 1, text, "203.0.113.7", "sftp", "upload", "in", text, 12_345, 67, "ok",
+                             text if seq % 2 else None, bytes(32)) for seq, text in enumerate(TRICKY_TEXTS, start=1)]
+    ours = io.BytesIO()
+    write_xlsx(views, ours, summary=None, chain_head=None)
+    stock = io.BytesIO()
+    book = xlsxwriter.Workbook(stock, {"constant_memory": True, "tmpdir": "/dev/shm", "strings_to_formulas": False,
+                                       "strings_to_urls": False, "strings_to_numbers": False})
+    sheet, stamp = book.add_worksheet("Events"), book.add_format({"num_format": "yyyy-mm-dd hh:mm:ss.000"})
+    for row, view in enumerate(views, start=1):
+        write_cells(sheet, row, (when.replace(tzinfo=None), view.username, view.ip, view.protocol, view.action,
+                                 view.direction, view.path, view.bytes, view.duration_ms, view.status,
+                                 view.detail or ""), stamp)
+    book.close()
+    assert _sheet_values(ours.getvalue()) == _sheet_values(stock.getvalue())
+    rich = [dataclasses.replace(views[0], username="<r><t>x</t></r>")]
+    rich_out = io.BytesIO()
+    write_xlsx(rich, rich_out, summary=None, chain_head=None)
+    assert _sheet_values(rich_out.getvalue())[0][1] == "<r><t>x</t></r>"
 
 
 def test_an_empty_day_gets_both_files_and_carries_the_head_over(services, account, clock):
