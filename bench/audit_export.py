@@ -11,9 +11,12 @@ distinct value from small pools, so loading stays cheap while the export still d
 row). `audit verify` logic checks the chain before measuring. Then, each in a fresh process:
 
 - ours: `export_day` (the server-side cursor, decryption, CSV and XLSX, both uploaded
-  through the Workspace, encrypted into the spool);
-- XlsxWriter alone: the same rows, made in clear as they are written, written with the same cell
-  calls in constant-memory mode to a discarding sink (no CSV, no database, no encryption).
+  through the Workspace, encrypted into the spool; with `--ingest inline` also sent on to the
+  object store by the same process, as on hosts whose spool is not durable);
+- XlsxWriter alone: the same rows, made in clear as they are written, written cell by cell with
+  XlsxWriter's public calls (`write_cells`) in constant-memory mode to a discarding sink (no
+  CSV, no database, no encryption). Ours writes the same XML per row itself (see
+  `_StreamedWorksheet.write_event_row`).
 
 For each: wall time, peak RSS (VmHWM) and the peak size of the XLSX temp folder on tmpfs
 (sampled every 50 ms). Everything started is stopped at the end, on errors too.
@@ -179,7 +182,7 @@ def measure_xlsxwriter(count: int, tmpdir: str) -> dict:
     when = book.add_format({"num_format": "yyyy-mm-dd hh:mm:ss.000"})
     sheet = book.add_worksheet("Events")
     for r, values in enumerate(data, start=1):
-        write_cells(sheet, r, values, when)  # the same XlsxWriter calls as ours, nothing else
+        write_cells(sheet, r, values, when)  # XlsxWriter's own cell calls, nothing else
     book.close()
     seconds = time.monotonic() - started
     os.rmdir(folder)
@@ -220,6 +223,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--port-base", type=int, default=47300)
+    parser.add_argument("--ingest", choices=("worker", "inline"), default="worker",
+                        help="INGEST_MODE: worker (the default) leaves the upload to the store to the ingest "
+                             "worker; inline makes the export's process do it too")
     parser.add_argument("--child", choices=("ours", "xlsxwriter"))
     parser.add_argument("--account", type=int, default=0)
     args = parser.parse_args()
@@ -238,7 +244,7 @@ def main() -> None:
         env = {"APP_ENV": "test", **service_env, "S3_BUCKET": "bench",
                "MASTER_KEYS": "b1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
                "SECRET_KEY": secrets.token_hex(16), "SPOOL_DIR": str(work / "spool"), "SPOOL_ID": "bench",
-               "INGEST_MODE": "inline"}
+               "INGEST_MODE": args.ingest}
         args.account, services = prepare(env)
         print(f"loading {args.events} events ...", flush=True)
         load_seconds = load_events(services, args.account, args.events)
@@ -265,9 +271,9 @@ def report_figures(args, load_seconds, verify_seconds, ours, alone) -> None:
     ratio = ours["seconds"] / alone["seconds"]
     print(f"""
 Run on {datetime.now(timezone.utc):%d %b %Y} with --events {args.events}
-Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f},
+Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average {" ".join(f"{x:.2f}" for x in os.getloadavg())} (1, 5, 15 min),
 Python {platform.python_version()}
-load (COPY, chained): {load_seconds:.1f} s; audit verify: {verify_seconds:.1f} s
+load (COPY, chained): {load_seconds:.1f} s; audit verify: {verify_seconds:.1f} s; INGEST_MODE={args.ingest}
 
 | | wall time | peak RSS | peak tmpfs | RSS + tmpfs |
 |---|---|---|---|---|
