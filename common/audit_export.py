@@ -1,10 +1,12 @@
 """Audit events as CSV and XLSX: the nightly files in /Audit Logs and the portal's downloads.
 
 Both writers stream: rows come from `audit.iter_events` (a server-side cursor), the CSV goes
-out as it is made, and XlsxWriter runs in constant-memory mode with its temp files in a
-private folder on memory-backed storage (tmpfs), never on disk, since they hold decrypted
-paths and names. No cell can become a formula: XLSX text goes through `write_string` with
-formula and URL conversion off, and CSV text starting with a formula character gets a `'`.
+out as it is made, and XlsxWriter runs in constant-memory mode with the rows kept deflated in
+memory and each sheet piped into the zip; what little it puts in its temp folder (an empty file,
+the pipes) is on memory-backed storage (tmpfs), never on disk, since it would hold decrypted
+paths and names. No cell can become a formula: XLSX text is only ever an inline string (the
+Events rows written by `write_event_row`, the rest through `write_string`, with formula and
+URL conversion off), and CSV text starting with a formula character gets a `'`.
 """
 from __future__ import annotations
 
