@@ -22,11 +22,11 @@ from sqlalchemy import select
 import common.audit
 from common import audit
 from common.audit_export import COLUMNS, day_bounds, export_day, memory_tmpdir, write_cells, write_xlsx
-from common.errors import ConfigError
+from common.errors import ConfigError, IntegrityFailure
 from common.jobs import audit_exports
 from common.jobs.audit_exports import enqueue_due_exports, export_job_id, export_fan_out
 from common.jobs.registry import MAINTENANCE_QUEUE
-from common.models import Account, AuditExport
+from common.models import Account, AuditEvent, AuditExport
 from common.services import Services
 from common.vfs import Principal, Workspace
 from tests.factories import admin_workspace, download, upload, wait_for
@@ -199,6 +199,21 @@ def test_xlsx_rows_read_back_as_xlsxwriter_writes_them_cell_by_cell():
     rich_out = io.BytesIO()
     write_xlsx(rich, rich_out, summary=None, chain_head=None)
     assert _sheet_values(rich_out.getvalue())[0][1] == "<r><t>x</t></r>"
+
+
+def test_a_tampered_sealed_path_stops_the_export(services, account, clock):
+    # The export opens every name and path with one cipher per export: tampering still fails.
+    day_events(services, account, clock)
+    since, until = day_bounds(DAY)
+    with services.db.session() as session:
+        row = session.scalars(select(AuditEvent).where(AuditEvent.account_id == account.id, AuditEvent.at >= since,
+                                                       AuditEvent.at < until, AuditEvent.path_sealed.is_not(None))
+                              .order_by(AuditEvent.seq).limit(1)).one()
+        row.path_sealed = row.path_sealed[:-1] + bytes([row.path_sealed[-1] ^ 1])
+    with pytest.raises(IntegrityFailure):
+        export_day(services, account.id, DAY)
+    listing = Workspace(services, Principal.system(account.id)).list_dir(f"/Audit Logs/{DAY:%Y}")
+    assert [entry.name for entry in listing] == []  # both uploads aborted
 
 
 def test_an_empty_day_gets_both_files_and_carries_the_head_over(services, account, clock):
