@@ -18,6 +18,7 @@ from common.crypto import Keyring
 from common.errors import InvalidInput
 from common.jobs.notify import PREFERENCES
 from common.models import Account, IpRule, PasswordPolicy
+from common.passwords import MIN_LENGTH
 
 LINK_MAX_DAYS = 365
 NOTIFICATION_KINDS = tuple(PREFERENCES)  # uploads, alerts, exports: accounts.notify_*_default
@@ -47,7 +48,7 @@ def enterprise_locks(account: Account) -> dict[str, str]:
 def account_settings(session: Session, account: Account) -> AccountSettings:
     """The account's current settings (a missing policy row reads as the defaults)."""
     policy = session.get(PasswordPolicy, account.id) or PasswordPolicy(
-        account_id=account.id, min_length=8, require_upper=False, require_lower=False,
+        account_id=account.id, min_length=MIN_LENGTH, require_upper=False, require_lower=False,
         require_digit=False, require_symbol=False, require_mfa=False)
     return AccountSettings(policy=policy, rules=account_rules(session, account.id),
                            link_max_days=account.link_max_days,

@@ -442,11 +442,6 @@ def head_before(session, account_id: int, until: datetime) -> tuple[bytes, int]:
     return (last.hash, last.seq) if last else (audit.GENESIS, 0)
 
 
-def day_filter(day: date) -> EventFilter:
-    since, until = day_bounds(day)
-    return EventFilter(since=since, until=until)
-
-
 
 # -- the nightly files --------------------------------------------------------------------------
 @dataclass(frozen=True)

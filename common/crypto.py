@@ -34,6 +34,12 @@ CACHE_SECONDS = 300
 NONCE_BYTES = 12
 
 
+def token_hash(token: str) -> bytes:
+    """What a table keeps of a bearer token (a session, a share link, a set-password link): its
+    SHA-256; the token itself exists only with its holder."""
+    return hashlib.sha256(token.encode()).digest()
+
+
 def random_key() -> bytes:
     """A fresh 256-bit key."""
     return os.urandom(32)

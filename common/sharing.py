@@ -6,7 +6,6 @@ receives a link bound to the share; only the SHA-256 of a link's token is stored
 """
 from __future__ import annotations
 
-import hashlib
 import secrets
 from datetime import datetime, timedelta, timezone
 
@@ -19,7 +18,7 @@ from sqlalchemy.orm import Session
 from common import accounts, audit, doors, passwords, paths
 from common.auth import address_group
 from common.auth.admin import audit_change
-from common.crypto import Keyring
+from common.crypto import Keyring, token_hash
 from common.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
 from common.models import PERMISSIONS, SHARE_PERMISSIONS, Account, Contact, Node, Share, ShareLink, User
 
@@ -224,7 +223,7 @@ def _link_days(account: Account, expires_in_days: int | None) -> int:
 def issue_link_token(session: Session, link: ShareLink) -> str:
     """A fresh token (256 random bits) for a link, stored only as its SHA-256; any earlier one dies."""
     token = secrets.token_urlsafe(32)
-    link.token_hash = link_token_hash(token)
+    link.token_hash = token_hash(token)
     session.flush()
     return token
 
@@ -255,7 +254,7 @@ def live_link(session: Session, token: str, *, spent_ok: bool = False) -> ShareL
     """
     if not token or len(token) > 200:
         return None
-    link = session.scalar(select(ShareLink).where(ShareLink.token_hash == link_token_hash(token)))
+    link = session.scalar(select(ShareLink).where(ShareLink.token_hash == token_hash(token)))
     if link is None or not is_live(session, link, spent_ok=spent_ok):
         return None
     return link
@@ -332,7 +331,3 @@ def _check_may_manage(session: Session, account_id: int, share: Share | None, ac
 def _link_event(actor: accounts.Actor, account_id: int, detail: str) -> audit.Event:
     return audit.Event(action="share", protocol=actor.protocol, account_id=account_id, user_id=actor.user_id,
                        username=actor.username, ip=actor.ip, detail=detail)
-
-
-def link_token_hash(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()

@@ -8,7 +8,6 @@ an admin reset, "sign out everywhere").
 """
 from __future__ import annotations
 
-import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,6 +17,7 @@ from flask.sessions import SessionInterface, SessionMixin
 from sqlalchemy import select, update
 from werkzeug.datastructures import CallbackDict
 
+from common.crypto import token_hash
 from common.models import User, WebSession
 from common.services import Services
 from portal.security import client_address
@@ -28,10 +28,6 @@ ABSOLUTE = timedelta(hours=12)
 TOUCH_EVERY = timedelta(seconds=60)
 # Requests that never need a session: static files and the health check.
 SESSIONLESS_ENDPOINTS = frozenset({"static", "bootstrap.static", "health.healthz"})
-
-
-def token_hash(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
 
 
 def _now() -> datetime:
@@ -84,7 +80,6 @@ class NoSession(WebSessionData):
 class SessionInfo:
     """One active session as the profile lists it."""
 
-    token_hash: bytes
     ip: str | None
     created_at: datetime
     last_seen_at: datetime
@@ -167,14 +162,8 @@ def active_sessions(services: Services, user_id: int, current: bytes | None) -> 
                 WebSession.user_id == user_id, WebSession.mfa_passed.is_(True), WebSession.revoked_at.is_(None),
                 WebSession.expires_at > now, WebSession.last_seen_at > now - IDLE)
             .order_by(WebSession.created_at.desc())).scalars()
-        return [SessionInfo(r.token_hash, r.ip, r.created_at, r.last_seen_at, r.token_hash == current)
+        return [SessionInfo(r.ip, r.created_at, r.last_seen_at, r.token_hash == current)
                 for r in rows]
-
-
-def revoke(services: Services, token_hashes: list[bytes]) -> None:
-    with services.db.session() as db:
-        db.execute(update(WebSession).where(WebSession.token_hash.in_(token_hashes),
-                                            WebSession.revoked_at.is_(None)).values(revoked_at=_now()))
 
 
 def revoke_all(services: Services, user_id: int) -> None:

@@ -6,7 +6,6 @@ unused ones of that purpose, and setting a password kills every link the user st
 """
 from __future__ import annotations
 
-import hashlib
 import secrets
 from datetime import datetime, timedelta, timezone
 
@@ -16,7 +15,7 @@ from sqlalchemy.orm import Session
 from common import accounts, passwords
 from common.accounts import Actor
 from common.auth.admin import audit_change
-from common.crypto import Keyring
+from common.crypto import Keyring, token_hash
 from common.errors import InvalidInput, NotFound
 from common.models import Account, PasswordLink, User
 
@@ -35,10 +34,6 @@ class DeadLink(NotFound):
                        "replaced it. Ask your administrator for a new one, or use \"Forgot your password?\" "
                        "on the sign-in page.")
     http_status = 410
-
-
-def token_hash(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
 
 
 def issue(session: Session, keyring: Keyring, user: User, purpose: str) -> str:

@@ -5,7 +5,7 @@ from wtforms.validators import DataRequired, EqualTo, Length
 
 from common.auth import MAX_KEY_LINE
 from common.auth.app_passwords import APP_PASSWORD_LABEL_MAX
-from common.passwords import MAX_LENGTH
+from common.passwords import MAX_LENGTH, MIN_LENGTH
 
 
 class PasswordChangeForm(FlaskForm):
@@ -21,7 +21,7 @@ class PasswordChangeForm(FlaskForm):
 
 def describe_password_rules(rules: dict) -> list[str]:
     """The account's password rules (accounts.password_rules) as sentences for a password form."""
-    shown = [f"At least {max(rules.get('min_length', 0), 8)} characters."]
+    shown = [f"At least {max(rules.get('min_length', 0), MIN_LENGTH)} characters."]
     shown += [text for key, text in (("upper", "An upper-case letter."), ("lower", "A lower-case letter."),
                                      ("digit", "A digit."), ("symbol", "A character that is not a letter or digit."))
               if rules.get(key)]

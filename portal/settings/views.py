@@ -11,23 +11,14 @@ from flask import Blueprint, flash, redirect, render_template, url_for
 from flask_login import current_user
 
 from common import account_settings, auth
-from common.accounts import Actor
 from common.auth import allowlist
 from common.errors import AlreadyExists, InvalidInput
-from common.models import Account
-from portal.auth.current import PROTOCOL, admin_required, services
+from portal.administration import in_my_account
+from portal.auth.current import admin_required, services
 from portal.security import client_address
 from portal.settings.forms import ConfirmForm, LinkPolicyForm, MfaForm, NotifyDefaultsForm, PolicyForm, RuleForm
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
-
-
-def _as_admin(change):
-    """Run `change(db, account, actor)` in one transaction as the signed-in admin; its result."""
-    svc = services()
-    with svc.db.session() as db:
-        actor = Actor(PROTOCOL, client_address(), current_user.id, current_user.username)
-        return change(db, db.get(Account, current_user.account_id), actor)
 
 
 def _keyring():
@@ -39,7 +30,7 @@ def _current():
         found = account_settings.account_settings(db, account)
         db.expunge_all()
         return found
-    return _as_admin(read)
+    return in_my_account(read)
 
 
 def _page(status: int = 200, **submitted):
@@ -77,7 +68,7 @@ def policy():
     if not form.validate_on_submit():
         return _invalid(form, "policy_form")
     try:
-        _as_admin(lambda db, account, actor: auth.set_policy(
+        in_my_account(lambda db, account, actor: auth.set_policy(
             db, _keyring(), account, min_length=form.min_length.data, upper=form.upper.data,
             lower=form.lower.data, digit=form.digit.data, symbol=form.symbol.data, actor=actor))
     except InvalidInput as exc:
@@ -94,7 +85,7 @@ def mfa():
     form = MfaForm()
     if not form.validate_on_submit():
         return _invalid(form, "mfa_form")
-    _as_admin(lambda db, account, actor: auth.set_policy(db, _keyring(), account,
+    in_my_account(lambda db, account, actor: auth.set_policy(db, _keyring(), account,
                                                          require_mfa=form.require_mfa.data, actor=actor))
     flash("Two-step sign-in is now required: users without it set it up at their next web sign-in, and "
           "FTPS clients need app passwords." if form.require_mfa.data else
@@ -110,11 +101,11 @@ def add_rule():
         return _invalid(form, "rule_form")
     try:
         cidr = auth.parse_cidr(form.cidr.data)
-        if form.confirmed.data != cidr and _as_admin(lambda db, account, actor: allowlist.would_lock_out(
+        if form.confirmed.data != cidr and in_my_account(lambda db, account, actor: allowlist.would_lock_out(
                 db, account, current_user.id, client_address(), adding=cidr)):
             form.confirmed.data = cidr
             return render_template("settings/confirm_rule.html", form=form, cidr=cidr, my_address=client_address())
-        _as_admin(lambda db, account, actor: auth.add_ip_rule(db, _keyring(), account, cidr, actor=actor))
+        in_my_account(lambda db, account, actor: auth.add_ip_rule(db, _keyring(), account, cidr, actor=actor))
     except (InvalidInput, AlreadyExists) as exc:
         form.cidr.errors.append(exc.message)
         return _page(400, rule_form=form)
@@ -129,10 +120,10 @@ def remove_rule(rule_id: int):
     def check(db, account, actor):
         cidr = str(allowlist.account_rule(db, account.id, rule_id).cidr)  # NotFound: a 404 page
         return cidr, allowlist.would_lock_out(db, account, current_user.id, client_address(), removing=cidr)
-    cidr, locks_me_out = _as_admin(check)
+    cidr, locks_me_out = in_my_account(check)
     form = ConfirmForm()
     if form.validate_on_submit() and (not locks_me_out or form.confirmed.data == cidr):
-        _as_admin(lambda db, account, actor: auth.remove_ip_rule(db, _keyring(), account, cidr, actor=actor))
+        in_my_account(lambda db, account, actor: auth.remove_ip_rule(db, _keyring(), account, cidr, actor=actor))
         flash(f"{cidr} is off the allow-list. When the list is empty, every address may sign in.", "success")
         return redirect(url_for("settings.index", _anchor="allow-list"))
     form.confirmed.data = cidr if locks_me_out else ""
@@ -146,7 +137,7 @@ def links():
     form = LinkPolicyForm()
     if not form.validate_on_submit():
         return _invalid(form, "link_form")
-    _as_admin(lambda db, account, actor: account_settings.set_link_policy(
+    in_my_account(lambda db, account, actor: account_settings.set_link_policy(
         db, _keyring(), account, max_days=form.link_max_days.data,
         password_required=form.link_password_required.data,
         request_links_allowed=form.request_links_allowed.data, actor=actor))
@@ -160,7 +151,7 @@ def notify_defaults():
     form = NotifyDefaultsForm()
     if not form.validate_on_submit():
         return _invalid(form, "notify_form")
-    _as_admin(lambda db, account, actor: account_settings.set_notification_defaults(
+    in_my_account(lambda db, account, actor: account_settings.set_notification_defaults(
         db, _keyring(), account, {kind: form[f"notify_{kind}"].data for kind in account_settings.NOTIFICATION_KINDS},
         actor=actor))
     flash("The notification defaults are saved; they apply to every user who has not chosen otherwise "

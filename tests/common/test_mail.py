@@ -21,7 +21,7 @@ from common.jobs.invitations import send_password_link, send_share_invitation
 from common.jobs.registry import MAIL_QUEUE
 from common.models import Account, AuditEvent, FileVersion
 from tests.factories import make_account_with_files, share, workspace
-from tests.smtp import TinySmtp, mailer, self_signed, smtp_server  # noqa: F401  (fixtures)
+from tests.smtp import TinySmtp, self_signed
 
 
 def read_mails(folder) -> list[email.message.EmailMessage]:

@@ -17,7 +17,6 @@ from common.jobs.notify import send_due_digests, send_export_ready, send_lockout
 from common.models import Follow, Share
 from common.vfs import Workspace
 from tests.factories import login, principal, refused, share, upload, with_account, with_user, workspace
-from tests.smtp import mailer, smtp_server  # noqa: F401  (fixtures)
 
 SECRET_NAMES = ("Quarterly-payroll", "Patient-records", "Reports")
 

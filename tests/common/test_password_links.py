@@ -16,9 +16,9 @@ from common.jobs.invitations import (
 )
 from common.models import AuditEvent, PasswordLink, User
 from common.passwords import verify_password
-from tests.factories import random_ip, with_account, with_user
+from tests.factories import login, random_ip, refused, with_account, with_user
 from tests.fixtures import STRONG_PASSWORD
-from tests.smtp import LINK, mailer, run_link_job, smtp_server  # noqa: F401  (fixtures)
+from tests.smtp import LINK, run_link_job
 
 NEW_PASSWORD = "Lantern-Orchid-Basalt-77"
 
@@ -164,6 +164,8 @@ def test_an_admin_reset_ends_sessions_at_once_and_mails_a_reset_link(services, m
     version = user_row(services, user_id).session_version
     enqueue_password_link(services, user_id, "reset")
     assert user_row(services, user_id).session_version == version + 1
+    for door in ("web", "ftps", "sftp"):  # the old password works nowhere any more
+        refused(lambda: login(services, username, STRONG_PASSWORD, protocol=door))
     assert run_link_job(mailer, user_id, "reset") is True
     [(recipients, message)] = smtp_server.messages
     assert recipients == [f"{username}@example.test"]

@@ -1,16 +1,19 @@
 """Shares, the /Shared view, the admins' /Audit Logs, user deletion, and tenant isolation."""
 from __future__ import annotations
 
+from email import message_from_bytes, policy
+
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 from sqlalchemy import select
 
-from common import accounts, audit, sharing
+from common import accounts, audit
+from common.crypto import token_hash
 from common.errors import (
     InvalidInput, NotFound, PermissionDenied, SealdropError,
 )
 from common.jobs.invitations import send_share_invitation
-from common.models import Contact, FileVersion, Node, Share, User
+from common.models import Contact, FileVersion, Node, Share, ShareLink, User
 from common.vfs import Workspace
 from tests.factories import principal, share
 
@@ -174,8 +177,6 @@ def test_no_path_escapes_into_another_account(two_tenants, segments, absolute):
 
 
 def test_a_contact_gets_a_mailed_link_that_only_exists_in_the_mail(services, team):
-    from email import message_from_bytes, policy
-    from common.models import ShareLink
     account, owner, *_ = team
     share_id = share(services, account, owner, "/projects", "partner@example.test", "write")
     before = set(services.settings.mail_dir.glob("*.eml")) if services.settings.mail_dir.exists() else set()
@@ -186,7 +187,7 @@ def test_a_contact_gets_a_mailed_link_that_only_exists_in_the_mail(services, tea
     token = mail.get_body(("plain",)).get_content().split("/s/")[1].split()[0]
     with services.db.session() as session:
         link = session.scalar(select(ShareLink).where(ShareLink.share_id == share_id))
-        assert link.token_hash == sharing.link_token_hash(token) and link.permission == "write"
+        assert link.token_hash == token_hash(token) and link.permission == "write"
         assert token.encode() not in link.token_hash
 
 

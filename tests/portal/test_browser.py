@@ -28,7 +28,7 @@ from rq.job import Job
 from common import accounts
 from common.jobs.invitations import send_password_link
 from tests.fixtures import client_env, tool
-from tests.portal.browser import LAPTOP, browser, live_portal, shoot  # noqa: F401  (fixtures)
+from tests.portal.browser import LAPTOP, shoot
 
 PHONE = {"width": 390, "height": 844}
 

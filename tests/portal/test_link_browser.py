@@ -15,9 +15,8 @@ from playwright.sync_api import expect
 from common.jobs.invitations import send_share_invitation
 from common.services import Services
 from tests.links import make_link, shared_projects
-from tests.portal.browser import LAPTOP, browser, live_portal, shoot  # noqa: F401  (fixtures)
-from tests.smtp import smtp_server  # noqa: F401  (fixture)
-from tests.transfer.sftp_door import connect, sftp_host_key_file, sftp_server  # noqa: F401  (fixtures)
+from tests.portal.browser import LAPTOP, shoot
+from tests.transfer.sftp_door import connect
 
 MAIL_LINK = re.compile(r"(https://\S+/s/[A-Za-z0-9_-]{43,})")
 

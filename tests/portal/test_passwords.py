@@ -15,7 +15,7 @@ from common.models import PasswordLink
 from common.passwords import verify_password
 from tests.factories import with_account, with_user
 from tests.fixtures import STRONG_PASSWORD
-from tests.smtp import LINK, mailer, run_link_job, smtp_server  # noqa: F401  (fixtures)
+from tests.smtp import LINK, run_link_job
 
 NEW_PASSWORD = "Lantern-Orchid-Basalt-77"
 DEAD = "This link no longer works"

@@ -18,7 +18,6 @@ from common.vfs import Workspace
 from tests.factories import principal
 from tests.fixtures import STRONG_PASSWORD
 from tests.portal.conftest import PortalClient
-from tests.smtp import mailer, smtp_server  # noqa: F401  (fixtures)
 
 LINK_IN_MAIL = re.compile(r"/s/([A-Za-z0-9_-]{43,})")
 WHEN = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}")  # the expiry, a minute apart at most

@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import select, update
 
 from common import auth
+from common.crypto import token_hash
 from common.models import AuditEvent, IpBan, User, WebSession
 from portal import create_app
 from portal.auth.current import admin_required
 from portal.auth.views import REFUSED
-from portal.sessions import token_hash
 from tests.factories import allow, enrol, with_user
 from tests.portal.conftest import PortalClient
 
