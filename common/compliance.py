@@ -6,13 +6,13 @@ so the page costs the same for ten users as for ten thousand.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from common import accounts, sharing
-from common.auth.lockout import frozen_now
+from common.directory import ENROLLED, USER_GROUPS
 from common.models import Account, AuditExport, ChainCheck, IpRule, LoginThrottle, PasswordPolicy, Share, ShareLink, User
 from common.passwords import MIN_LENGTH
 
@@ -79,14 +79,10 @@ class ComplianceReport:
 
 def compliance_report(session: Session, account: Account) -> ComplianceReport:
     """The compliance figures of one account, in four queries whatever its size."""
-    enrolled = and_(User.totp_enrolled_at.is_not(None), User.totp_secret_sealed.is_not(None))
     counts = session.execute(
         select(func.count(),
-               func.count().filter(enrolled),
-               func.count().filter(~enrolled, User.mfa_exempt.is_(False)),
-               func.count().filter(User.mfa_exempt.is_(True)),
-               func.count().filter(User.last_login_at.is_(None)),
-               func.count().filter(frozen_now()))
+               func.count().filter(ENROLLED),
+               *(func.count().filter(USER_GROUPS[group]) for group in ("unenrolled", "exempt", "never", "locked")))
         .select_from(User)
         .outerjoin(LoginThrottle, LoginThrottle.subject == User.username_index)
         .where(User.account_id == account.id, User.status == "active")).one()

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from common import accounts
@@ -63,10 +63,26 @@ def find_user(session: Session, account: Account, user_id: int) -> User:
     return user
 
 
+ENROLLED = and_(User.totp_enrolled_at.is_not(None), User.totp_secret_sealed.is_not(None))
+# Groups of active users, as the compliance page counts them and the users list filters them
+# (`?filter=`); a query using them joins LoginThrottle on the user name's index.
+USER_GROUPS = {
+    "unenrolled": and_(~ENROLLED, User.mfa_exempt.is_(False)),
+    "exempt": User.mfa_exempt.is_(True),
+    "never": User.last_login_at.is_(None),
+    "locked": frozen_now(),
+}
+
+
 def search_users(session: Session, keyring: Keyring, account: Account, search: str = "", *,
-                 page: int = 1, page_size: int = PAGE_SIZE) -> UserPage:
-    """The account's users whose name or email contains `search` (any case), by name, one page."""
-    rows = session.scalars(select(User).where(User.account_id == account.id)).all()
+                 group: str | None = None, page: int = 1, page_size: int = PAGE_SIZE) -> UserPage:
+    """The account's users whose name or email contains `search` (any case), by name, one page;
+    with a `group` of USER_GROUPS, only its active users."""
+    query = select(User).where(User.account_id == account.id)
+    if group in USER_GROUPS:
+        query = (query.outerjoin(LoginThrottle, LoginThrottle.subject == User.username_index)
+                 .where(User.status == "active", USER_GROUPS[group]))
+    rows = session.scalars(query).all()
     keys = keyring.account(session, account.id)
     opened = [(user, accounts.user_name(session, keyring, user), keys.open_text(user.email_sealed, "email"))
               for user in rows]

@@ -287,17 +287,20 @@ def check_link_password(redis: Redis, link: ShareLink, password: str, ip: str | 
     """Whether the password opens the link, within the limits of wrong tries per link and per
     address (each a window of LINK_PASSWORD_WINDOW); over a limit nothing is tried."""
     keys = (f"link-pw:link:{link.id}", f"link-pw:addr:{address_group(ip) or 'unknown'}")
-    tries = [int(value or 0) for value in redis.mget(keys)]
-    if tries[0] >= LINK_PASSWORD_TRIES_PER_LINK or tries[1] >= LINK_PASSWORD_TRIES_PER_ADDRESS:
-        passwords.burn_password_work(password)  # the same time as a real check
-        return False
-    if passwords.verify_password(link.password_hash, password):
-        return True
+    # Count the try before checking it, so parallel guesses cannot all pass the limit; a right
+    # password within the limit takes its try back.
     pipe = redis.pipeline()
     for key in keys:
         pipe.incr(key)
         pipe.expire(key, LINK_PASSWORD_WINDOW_SECONDS, nx=True)
-    pipe.execute()
+    per_link, _, per_address, _ = pipe.execute()
+    if per_link > LINK_PASSWORD_TRIES_PER_LINK or per_address > LINK_PASSWORD_TRIES_PER_ADDRESS:
+        passwords.burn_password_work(password)  # the same time as a real check
+        return False
+    if passwords.verify_password(link.password_hash, password):
+        redis.decr(keys[0])
+        redis.decr(keys[1])
+        return True
     return False
 
 

@@ -602,7 +602,7 @@ class Workspace:
         if node is None or node.account_id != self.me.account_id:
             raise NotFound()
         if names and place.permission == "request":
-            raise PermissionDenied()  # a request link sees nothing inside its folder
+            raise NotFound()  # a request link sees nothing inside its folder, not even what exists
         for name in names:
             if node.kind != "folder":
                 raise NotAFolder()

@@ -66,14 +66,16 @@ def send_share_invitation(services: Services, share_id: int) -> bool:
 
 def enqueue_password_link(services: Services, user_id: int, purpose: str) -> None:
     """Queue the mail with a user's set-password link: 'invite' (a new user) or 'reset' (an
-    admin's reset, which also ends every session of the user now, before the mail goes out)."""
+    admin's reset: before the mail goes out, the old password stops working on every door and
+    every web session ends; SSH keys and app passwords are separate credentials and stay)."""
     if purpose not in password_links.PURPOSES:
         raise ValueError(f"unknown password link purpose {purpose!r}")
     if purpose == "reset":
         with services.db.session() as session:
             user = session.get(User, int(user_id), with_for_update=True)
             if user is not None:
-                user.session_version += 1  # every web session ends; FTPS/SFTP need the new password
+                user.password_hash = None  # a leaked password must not outlive the reset
+                user.session_version += 1
     _enqueue_link_mail(services, int(user_id), purpose)
 
 

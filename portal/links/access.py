@@ -87,11 +87,10 @@ def count_visit(link: OpenLink) -> None:
 
 
 def count_download(link: OpenLink, ref: str, first_byte: int) -> None:
-    """Count a download that starts at the file's first byte; a resume of a file this session
-    counted is free, any other request on a spent link is refused."""
-    if first_byte != 0:
-        if link.spent and ref not in state(link).get("counted", []):
-            raise DeadLink()
+    """Count a download: every request that starts at the file's first byte, and the first
+    request for a file in this link session wherever it starts (so ranges that skip byte 0 are
+    no way around the limit); only a resume of a file this session counted is free."""
+    if first_byte != 0 and ref in state(link).get("counted", []):
         return
     with services().db.session() as db:
         if not sharing.count_download(db, link.id):

@@ -55,9 +55,11 @@ def _button_action(user_id: int, change, done: str):
 def index():
     search = request.args.get("q", "")[:SEARCH_MAX]
     page = request.args.get("page", 1, type=int)
+    group = request.args.get("filter")
+    group = group if group in directory.USER_GROUPS else None
     found = in_my_account(lambda db, account, actor: directory.search_users(
-        db, keyring(), account, search, page=page))
-    return render_template("users/index.html", found=found, search=search)
+        db, keyring(), account, search, group=group, page=page))
+    return render_template("users/index.html", found=found, search=search, group=group)
 
 
 @bp.route("/new", methods=["GET", "POST"])
@@ -140,7 +142,8 @@ def reset_password(user_id: int):
     _on_user(user_id, lambda db, account, user, actor: audit_change(  # a user of my account, or a 404
         db, keyring(), actor, account.id, f"password reset link sent to user {user.id}"))
     invitations.enqueue_password_link(services(), user_id, "reset")
-    flash("A password reset link is on its way to the user's email; their sessions are ended.", "success")
+    flash("A password reset link is on its way to the user's email. Their old password no longer works on any "
+          "door and their web sessions are ended; their SSH keys and app passwords stay.", "success")
     return _back_to(user_id)
 
 

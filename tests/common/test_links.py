@@ -4,19 +4,19 @@ uploads that never overwrite, and the arrivals digest."""
 from __future__ import annotations
 
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import select
 
-from common import accounts, refs, sharing
+from common import accounts, passwords, refs, sharing
 from common.errors import InvalidInput, NotFound, PermissionDenied
 from common.jobs.arrivals import send_arrival_digests
 from common.jobs.invitations import send_share_invitation
 from common.models import Contact, Share, ShareLink, User
 from common.vfs import Principal, Workspace
 from tests.links import events, make_link, owner_workspace, set_policy, shared_projects, write_file
-from tests.smtp import mailer, smtp_server  # noqa: F401  (fixtures)
 
 
 def visitor(services, account, share_id, link_id=None) -> Workspace:
@@ -113,6 +113,25 @@ def test_wrong_passwords_are_limited_per_link(services, account):
         assert not sharing.check_link_password(services.redis, link, "right-pw-1234", "203.0.113.200")
 
 
+def test_parallel_guesses_check_no_more_passwords_than_the_limit(services, account, monkeypatch):
+    share_id = shared_projects(services, account, "read")
+    link_id, _ = make_link(services, account, share_id, password="right-pw-1234")
+    checked = []
+    verify = passwords.verify_password
+    # Counts the checks against the link's hash (our own function, wrapped, not replaced); over
+    # the limit only the dummy work runs.
+    monkeypatch.setattr(passwords, "verify_password",
+                        lambda stored, given: (stored and checked.append(1)) or verify(stored, given))
+    with services.db.session() as session:
+        link = session.get(ShareLink, link_id)
+        session.expunge(link)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda n: sharing.check_link_password(
+            services.redis, link, "wrong", f"198.51.100.{n + 1}"), range(3 * sharing.LINK_PASSWORD_TRIES_PER_LINK)))
+    assert not any(results)
+    assert len(checked) == sharing.LINK_PASSWORD_TRIES_PER_LINK
+
+
 def test_wrong_passwords_are_limited_per_address(services, account):
     share_id = shared_projects(services, account, "read")
     per_link = sharing.LINK_PASSWORD_TRIES_PER_LINK
@@ -132,11 +151,15 @@ def test_a_request_link_uploads_and_sees_nothing(services, account):
     share_id = shared_projects(services, account, "request")
     ws = visitor(services, account, share_id)
     write_file(ws, "/sent.txt", b"for you")
-    for look in (lambda: ws.list_dir("/"), lambda: ws.stat("/plan.txt"), lambda: ws.open_read("/plan.txt"),
-                 lambda: ws.stat("/nothing-here"), lambda: ws.make_dir("/new"),
-                 lambda: ws.open_write("/drafts/x.txt")):
+    for look in (lambda: ws.list_dir("/"), lambda: ws.make_dir("/new")):
         with pytest.raises(PermissionDenied):
             look()
+    # Inside the folder, what exists answers exactly as what does not.
+    for look in (lambda: ws.stat("/plan.txt"), lambda: ws.open_read("/plan.txt"), lambda: ws.stat("/nothing-here"),
+                 lambda: ws.open_write("/drafts/x.txt"), lambda: ws.open_write("/nowhere/x.txt")):
+        with pytest.raises(NotFound) as refused:
+            look()
+        assert refused.value.message == NotFound.default_message
     assert b"".join(owner_workspace(services, account).open_read("/projects/sent.txt")) == b"for you"
 
 

@@ -16,7 +16,6 @@ from common.errors import InvalidInput
 from common.jobs.invitations import send_share_invitation
 from common.models import Contact, Node, Share, ShareLink
 from tests.links import events, make_link, owner_workspace, set_policy, shared_projects
-from tests.smtp import mailer, smtp_server  # noqa: F401  (fixtures)
 
 DEAD = "This link does not work"
 CSRF = re.compile(r'data-csrf="([^"]+)"')
@@ -140,16 +139,17 @@ def test_a_request_link_takes_files_and_shows_nothing(client, services, account)
     assert status == 200 and "data-upload-zone" in body and "plan.txt" not in body and "drafts" not in body
     plan = entry_ref(services, account, "/projects/plan.txt")
     drafts = entry_ref(services, account, "/projects/drafts")
-    assert client.get(f"/s/{token}/item/{plan}/download").status_code == 403
     assert client.get(f"/s/{token}/folder/{refs.ROOT}").status_code == 403
-    assert client.get(f"/s/{token}/folder/{drafts}").status_code == 403
+    # What is inside answers as an id from elsewhere does: nothing tells it exists.
+    assert client.get(f"/s/{token}/item/{plan}/download").status_code == 404
+    assert client.get(f"/s/{token}/folder/{drafts}").status_code == 404
     sent = upload(client, token, refs.ROOT, "plan.txt", b"from the visitor")
     assert sent.status_code == 200 and sent.json["files"][0]["name"] == "plan.txt"
     assert "(2)" not in sent.get_data(as_text=True)  # nothing says a plan.txt was there
     owner = owner_workspace(services, account)
     assert b"".join(owner.open_read("/projects/plan.txt")) == b"the plan"
     assert b"".join(owner.open_read("/projects/plan (2).txt")) == b"from the visitor"
-    assert upload(client, token, drafts, "x.txt", b"x").status_code == 403
+    assert upload(client, token, drafts, "x.txt", b"x").status_code == 404
     with services.db.session() as session:
         assert session.get(Share, share_id).arrivals_pending == 1
 
@@ -195,6 +195,20 @@ def test_the_download_limit_counts_whole_downloads_not_ranges(client, services, 
     assert client.get(url, headers={"Range": "bytes=4-"}).data == b"plan"  # its resume still works
     dead_page(client, url)  # a third whole download
     dead_page(client.application.test_client(), f"/s/{token}")
+
+
+def test_a_range_that_skips_the_first_byte_still_counts(client, services, account):
+    share_id = shared_projects(services, account, "read")
+    link_id, token = make_link(services, account, share_id, max_downloads=1)
+    plan = entry_ref(services, account, "/projects/plan.txt")
+    url = f"/s/{token}/item/{plan}/download"
+    assert client.get(url, headers={"Range": "bytes=1-"}).data == b"he plan"  # counted: a new download
+    with services.db.session() as session:
+        assert session.get(ShareLink, link_id).use_count == 1
+    assert client.get(url, headers={"Range": "bytes=4-"}).data == b"plan"  # its resume is free
+    other = client.application.test_client()  # another visitor: no session of its own counted this file
+    other.environ_base["REMOTE_ADDR"] = "192.0.2.45"
+    dead_page(other, f"/s/{token}")
 
 
 def test_the_contacts_mail_link_opens_the_folder(client, services, account, mailer, smtp_server):

@@ -19,7 +19,6 @@ from tests.factories import (
 )
 from tests.fixtures import STRONG_PASSWORD, unique_name
 from tests.portal.admin_pages import admin_details, signed_in_as, text_of, user_row
-from tests.smtp import mailer, smtp_server  # noqa: F401  (fixtures)
 from tests.transfer.ftps_door import connect as ftps_connect, quit_quietly
 from tests.transfer.sftp_door import SftpStatus, connect as sftp_connect
 
@@ -128,6 +127,24 @@ def test_the_list_shows_role_mfa_lock_and_last_login_and_searches(signed_in, ser
     found = text_of(signed_in.get("/users/?q=" + exempt[:6].upper()))
     assert exempt in found and locked not in found and "1 user matching" in found
     assert "No user name or email contains" in text_of(signed_in.get("/users/?q=nobody-here"))
+
+
+def test_the_compliance_pages_filters_show_only_their_users(signed_in, services, make_user):
+    account = signed_in.account
+    _, locked = make_user(account)
+    exempt_id, exempt = make_user(account)
+    with_user(services, exempt_id, lambda s, u: auth.set_mfa_exempt(s, services.keyring, u, True))
+    for _ in range(3):
+        refused(lambda: login(services, locked, "wrong password"))
+    admin = account.admin_username  # signed in, not locked, not exempt, not enrolled
+    pages = {group: text_of(signed_in.get(f"/users/?filter={group}"))
+             for group in ("locked", "exempt", "never", "unenrolled")}
+    shown = {group: page[page.index("<main"):] for group, page in pages.items()}  # not the navigation bar
+    assert locked in shown["locked"] and exempt not in shown["locked"] and f">{admin}<" not in shown["locked"]
+    assert exempt in shown["exempt"] and locked not in shown["exempt"]
+    assert locked in shown["never"] and exempt in shown["never"] and f">{admin}<" not in shown["never"]
+    assert f">{admin}<" in shown["unenrolled"] and locked in shown["unenrolled"] and exempt not in shown["unenrolled"]
+    assert "Showing only active users who are locked" in shown["locked"]
 
 
 def test_the_list_is_paged_by_fifty(signed_in, services, make_user):
