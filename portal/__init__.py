@@ -37,8 +37,7 @@ NAVIGATION = (
     ("settings.index", "Settings", True),
     ("compliance.index", "Compliance", True),
     ("audit.index", "Audit", True),
-    ("profile.index", "Profile", False),
-    ("profile.connection", "Connection details", False),
+    ("profile.index", "Profile", False),  # its tabs include Connection details
 )
 # Ordinary forms are small; the upload route raises its own limit for the one request it streams.
 MAX_FORM_BYTES = 1024 * 1024

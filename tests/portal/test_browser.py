@@ -281,4 +281,7 @@ def test_an_admin_invites_a_user_and_tightens_the_policy(live_portal, browser, a
     go_to(page, "Compliance")
     assert page.inner_text("#item-policy") != policy_before
     expect(page.locator("#item-policy")).to_contain_text("16")
+    go_to(page, "Audit")  # the invitation, the new user's sign-in and the policy change are there
+    expect(page.locator("main table").first).to_contain_text("admin_change")
+    shoot(page, "audit")
     admin.close()
