@@ -104,7 +104,26 @@ def _unexpected_error(exc: Exception):
     return render_error(500)
 
 
+class TrustedProxyScheme:
+    """WSGI middleware: a request that reached us through one of `TRUSTED_PROXIES` carries the
+    scheme the client used in `X-Forwarded-Proto`; honour it, so that behind a TLS-terminating
+    router the request counts as secure (HSTS is sent, the strict Referer check runs). From any
+    other peer the header is ignored."""
+
+    def __init__(self, app, proxies):
+        self.app, self.proxies = app, proxies
+
+    def __call__(self, environ, start_response):
+        proto = environ.get("HTTP_X_FORWARDED_PROTO", "").split(",")[-1].strip().lower()
+        if proto in ("http", "https") and _is_trusted(client_ip(environ.get("REMOTE_ADDR")), self.proxies):
+            environ["wsgi.url_scheme"] = proto
+        return self.app(environ, start_response)
+
+
 def install(app: Flask) -> None:
+    proxies = app.extensions["sealdrop"].settings.trusted_proxies
+    if proxies:
+        app.wsgi_app = TrustedProxyScheme(app.wsgi_app, proxies)
     app.after_request(add_security_headers)
     app.register_error_handler(CSRFError, _csrf_error)
     app.register_error_handler(HTTPException, _http_error)

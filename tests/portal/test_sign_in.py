@@ -15,7 +15,7 @@ from portal import create_app
 from portal.auth.current import admin_required
 from portal.auth.views import REFUSED
 from tests.factories import allow, enrol, with_user
-from tests.portal.conftest import PortalClient
+from tests.portal.conftest import CSRF_FIELD, PortalClient
 
 COOKIE = "sealdrop_session"
 
@@ -266,3 +266,21 @@ def test_admin_pages_refuse_a_signed_in_user_who_is_not_an_admin(portal_app, cli
         with pytest.raises(Exception) as refused:
             probe()
     assert getattr(refused.value, "code", None) == 403
+
+
+@pytest.mark.parametrize("peer, proto, secure", [
+    ("10.255.0.7", "https", True),  # TLS ended at our router: the request counts as secure
+    ("192.0.2.44", "https", False),  # the header from anyone else is ignored
+    ("10.255.0.7", "http", False),
+])
+def test_the_scheme_comes_from_a_trusted_proxy_only(proxied_app, peer, proto, secure):
+    client = proxied_app.test_client()
+    client.environ_base.update(REMOTE_ADDR=peer, HTTP_X_FORWARDED_PROTO=proto)
+    response = client.get("/signin", base_url="http://portal.test")
+    assert ("Strict-Transport-Security" in response.headers) is secure
+    if secure:  # the strict Referer check runs: a cross-site Referer is refused, our own is not
+        token = CSRF_FIELD.search(response.get_data(as_text=True)).group(1)
+        form = {"csrf_token": token, "username": "nobody", "password": "wrong"}
+        for referer, status in (("https://evil.example/", 400), ("https://portal.test/signin", 200)):
+            posted = client.post("/signin", base_url="http://portal.test", data=form, headers={"Referer": referer})
+            assert posted.status_code == status, referer
