@@ -9,6 +9,8 @@ the recorded MD5 and SHA-256.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,6 +24,9 @@ from common.storage import ObjectStore, Spool, new_storage_key
 log = logging.getLogger(__name__)
 
 LOST_CONTENT = "The file's content was lost before it was stored; your administrators have been told"
+# Plaintext chunks (256 KiB each) a reader's thread may have ready before the sender takes
+# them: enough to keep fetching, decrypting and checking busy while a block is sent.
+READ_AHEAD_CHUNKS = 4
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,7 @@ class ContentReader:
             raise ValueError("offset is outside the file")
         if offset == self.content.size and offset > 0:
             return iter(())  # nothing to send; the store would answer a range past the end with 416
-        return self._guard(self._read(offset, length))
+        return self._guard(ReadAhead(self._read(offset, length)))
 
     def _read(self, offset: int, length: int | None) -> Iterator[bytes]:
         file_id = self.content.version_id.bytes
@@ -154,3 +159,83 @@ def _spool_or_store(spool: Spool, store: ObjectStore, key: str, start: int, end:
         yield from spool.read(key, start, end)
     except FileNotFoundError:
         yield from store.read(key, start, end)
+
+
+_END = object()
+
+
+class _Failure:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+class ReadAhead:
+    """Runs a block iterator on a thread of its own, a few blocks ahead of its reader.
+
+    Fetching from the store, decrypting and checking the fingerprints of the next blocks then
+    overlap with the protocol sending this one (the socket, AES-GCM and hashlib release the
+    GIL). Memory stays bounded by `depth` blocks. The thread starts at the first `next()`,
+    ends with the stream, and stops within a moment once the reader closes or drops it,
+    closing the source (which releases its store connection).
+    """
+
+    def __init__(self, blocks: Iterator[bytes], depth: int = READ_AHEAD_CHUNKS):
+        self._source = blocks
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._done = False
+
+    def __iter__(self) -> "ReadAhead":
+        return self
+
+    def __next__(self) -> bytes:
+        if self._done:
+            raise StopIteration
+        if self._thread is None:
+            # The thread holds only the queue and the event, never self: dropping the reader
+            # lets __del__ stop it.
+            self._thread = threading.Thread(target=_produce, args=(self._source, self._queue, self._stop),
+                                            name="read-ahead", daemon=True)
+            self._source = None
+            self._thread.start()
+        item = self._queue.get()
+        if item is _END or isinstance(item, _Failure):
+            self._done = True
+            if item is _END:
+                raise StopIteration
+            raise item.exc
+        return item
+
+    def close(self) -> None:
+        self._done = True
+        self._stop.set()
+        if self._source is not None:  # never started
+            source, self._source = self._source, None
+            getattr(source, "close", lambda: None)()
+
+    def __del__(self):
+        self.close()
+
+
+def _produce(blocks: Iterator[bytes], ready: queue.Queue, stop: threading.Event) -> None:
+    try:
+        for block in blocks:
+            if not _offer(ready, block, stop):
+                return
+        _offer(ready, _END, stop)
+    except BaseException as exc:  # noqa: BLE001 (handed to the reader, raised there)
+        _offer(ready, _Failure(exc), stop)
+    finally:
+        getattr(blocks, "close", lambda: None)()
+
+
+def _offer(ready: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put item for the reader; False once the reader has gone."""
+    while not stop.is_set():
+        try:
+            ready.put(item, timeout=0.25)
+            return True
+        except queue.Full:
+            continue
+    return False

@@ -961,8 +961,10 @@ class Download:
         self._finish("ok")
 
     def close(self, status: str = "failed", detail: str | None = "interrupted") -> None:
-        """End the download early (client gone, ABOR); audited once as incomplete."""
+        """End the download early (client gone, ABOR); audited once as incomplete. The
+        stream stops reading ahead and gives its store connection back."""
         self._finish(status, detail)
+        getattr(self._blocks, "close", lambda: None)()
 
     def _finish(self, status: str, detail: str | None = None) -> None:
         if self._done:

@@ -43,6 +43,7 @@ from tests.transfer.ftps_door import (
     HOST, SessionReusingFTP_TLS, client_context, connect, quit_quietly, running_ftps,
 )
 from transfer import ftps
+from transfer.ftps.data import WorkspacePassiveDTP
 
 MIB = 1024 * 1024
 
@@ -399,6 +400,9 @@ def test_prot_c_is_refused_and_a_clear_text_data_connection_stores_nothing(ftps_
     ftp.sendcmd("STOR /clear.txt")  # 150 (queued or already connected)
     plain.sendall(b"clear text that must never be stored")
     plain.close()
+    # The refusal may come only when the passive port times out (20 s after PASV): wait past
+    # it, whatever the load on the machine.
+    ftp.sock.settimeout(WorkspacePassiveDTP.timeout * 3)
     assert _error_reply(ftp)[:3] in ("522", "426")
     assert ftp.voidcmd("NOOP").startswith("200")
     assert not exists(services, account, "/clear.txt")

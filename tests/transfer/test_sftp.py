@@ -11,6 +11,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import signal
 import socket
 import struct
@@ -46,6 +47,7 @@ from tests.transfer.sftp_door import (
     write_host_key,
 )
 from transfer.sftp import CIPHERS, MACS, Limits
+from transfer.sftp.limits import MAX_HANDLES, TRANSFER_LENGTH
 
 SSH_OPTIONS = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                "-o", "IdentityAgent=none", "-o", "ConnectTimeout=20", "-o", "NumberOfPasswordPrompts=1",
@@ -185,6 +187,25 @@ def test_check_file_by_name_and_unsupported_ranges(login):
     with pytest.raises(SftpStatus) as refused:
         login._request(CMD_EXTENDED, "check-file-name", "/h.txt", "sha1", int64(0), int64(0), 0)
     assert refused.value.code == SFTP_OP_UNSUPPORTED
+
+
+def test_limits_extension_offers_255_kib_requests(login):
+    _, msg = login._request(CMD_EXTENDED, "limits@openssh.com")
+    packet, read, write, handles = (msg.get_int64() for _ in range(4))
+    assert (read, write, handles) == (TRANSFER_LENGTH, TRANSFER_LENGTH, MAX_HANDLES)
+    assert TRANSFER_LENGTH + 1024 <= packet  # a full WRITE request fits the packets we accept
+
+
+def test_openssh_moves_255_kib_per_request_once_told_the_limits(sftp_server, account, client_home, tmp_path):
+    data = os.urandom(3 * TRANSFER_LENGTH + 1000)
+    local, back = tmp_path / "l.bin", tmp_path / "back.bin"
+    local.write_bytes(data)
+    result = sftp_batch(sftp_server, account.admin_username, [f"put {local} /l.bin", f"get /l.bin {back}"],
+                        client_home, tmp_path, password=account.password, extra=("-vvv",))
+    assert result.returncode == 0, result.stderr
+    assert back.read_bytes() == data
+    assert re.search(rf"using {TRANSFER_LENGTH} / {TRANSFER_LENGTH}|Using server download size {TRANSFER_LENGTH}",
+                     result.stderr), result.stderr[-3000:]
 
 
 def test_out_of_order_writes_within_the_window_are_reordered(login, services, account):

@@ -236,6 +236,15 @@ class DownloadFile:
         self.closed = False
 
     def read(self, size: int = -1) -> bytes:
+        if not self._block and size >= 0 and not self._exhausted:
+            # The usual case: the reader asks a whole chunk's worth, and gets the chunk itself.
+            block = next(self._blocks, None)
+            if block is None:
+                self._exhausted = True
+                return b""
+            if len(block) <= size:
+                return block
+            self._block = memoryview(block)
         pieces, wanted = [], size
         while (size < 0 or wanted > 0) and not self._exhausted:
             if not self._block:

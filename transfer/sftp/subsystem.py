@@ -19,7 +19,7 @@ from common import paths
 from common.errors import NotFound, SealdropError, Unsupported
 from common.vfs import Entry
 from transfer.sftp.interface import WorkspaceSFTP
-from transfer.sftp.limits import EXTENSIONS, HASHES, MAX_PACKET
+from transfer.sftp.limits import EXTENSIONS, HASHES, MAX_HANDLES, MAX_PACKET, TRANSFER_LENGTH
 from transfer.sftp.session import SshSession
 
 # One logger for the whole door, named after the package.
@@ -133,11 +133,22 @@ class WorkspaceSFTPServer(SFTPServer):
             self._check_file_entry(request_number, self._file(msg.get_binary()).checkable_entry(), msg)
         elif tag == "check-file-name":
             self._check_file_entry(request_number, self.server.ws.fingerprint(msg.get_text()), msg)
+        elif tag == "limits@openssh.com":
+            self._send_limits(request_number)
         elif tag == "posix-rename@openssh.com":
             oldpath, newpath = msg.get_text(), msg.get_text()
             self._send_status(request_number, self.server.posix_rename(oldpath, newpath))
         else:
             raise Unsupported("That extension is not supported")
+
+    def _send_limits(self, request_number: int) -> None:
+        """limits@openssh.com: the longest packet we read, the read and write lengths clients
+        should use, and the open handles a connection may hold."""
+        reply = Message()
+        reply.add_int(request_number)
+        for value in (MAX_PACKET, TRANSFER_LENGTH, TRANSFER_LENGTH, MAX_HANDLES):
+            reply.add_int64(value)
+        self._send_packet(CMD_EXTENDED_REPLY, reply)
 
     def _check_file(self, request_number, msg):
         # paramiko's own would hash the file by reading it through the handle (MD5/SHA-1 only).
