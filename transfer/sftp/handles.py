@@ -175,7 +175,8 @@ class DownloadHandle(paramiko.SFTPHandle):
         if self._download is None or not self._base <= offset <= self._stream_offset + READ_SKIP_BYTES:
             self._restart(offset)
         self._fill(offset + length)
-        data = bytes(self._buffer[offset - self._base:offset - self._base + length])
+        with memoryview(self._buffer) as buffered:  # one copy, not a slice and then its copy
+            data = bytes(buffered[offset - self._base:offset - self._base + length])
         drop = offset - self._base - READ_KEEP_BYTES
         if drop > 0:
             del self._buffer[:drop]
