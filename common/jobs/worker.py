@@ -6,9 +6,13 @@ URL travels in the environment, never in argv, so `ps` does not show its passwor
 """
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 import shutil
 import sys
+
+from rq import Worker
 
 from common.config import settings_from_environment
 from common.errors import ConfigError
@@ -20,6 +24,22 @@ from common.services import Services
 def queue_names(spool_id: str) -> list[str]:
     """This host's ingest queue first (its spool), then the shared ones."""
     return [ingest_queue_name(spool_id), MAINTENANCE_QUEUE, MAIL_QUEUE]
+
+
+class PreloadingWorker(Worker):
+    """rq's worker, which runs each job in a fork of itself, with every job module imported
+    before the first fork: a job's fork then starts with its code loaded instead of importing
+    it again (a third of a second per job, longer than a 16 MiB ingest itself takes)."""
+
+    def __init__(self, *args, **kwargs):
+        import_job_modules()
+        super().__init__(*args, **kwargs)
+
+
+def import_job_modules() -> None:
+    package = importlib.import_module("common.jobs")
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"common.jobs.{module.name}")
 
 
 def main() -> int:
@@ -35,7 +55,8 @@ def main() -> int:
         return exc.exit_code
     rq = shutil.which("rq") or os.path.join(os.path.dirname(sys.executable), "rq")
     os.environ["RQ_REDIS_URL"] = settings.redis_url
-    os.execv(rq, [rq, "worker", "--with-scheduler", *queue_names(settings.spool_id)])
+    os.execv(rq, [rq, "worker", "--with-scheduler", "--worker-class", "common.jobs.worker.PreloadingWorker",
+                  *queue_names(settings.spool_id)])
     return 0  # not reached
 
 

@@ -316,13 +316,34 @@ def test_the_procfile_worker_serves_this_hosts_queue_and_stops_on_sigterm(own, w
     try:
         wait_for(lambda: current_version(own, workspace, "/by-worker.bin").state == "stored", timeout=60)
         assert_stored_once(own, version, data)
-        assert str(own.settings.redis_url) not in Path(f"/proc/{worker.pid}/cmdline").read_text()
+        command = Path(f"/proc/{worker.pid}/cmdline").read_text()
+        assert str(own.settings.redis_url) not in command
+        assert "common.jobs.worker.PreloadingWorker" in command.split("\0")
     finally:
         worker.send_signal(signal.SIGTERM)
         output, _ = worker.communicate(timeout=60)
     assert worker.returncode == 0, output.decode(errors="replace")[-2000:]
     with own.db.session() as session:
         assert session.get(Spool, own.settings.spool_id) is not None  # registered for the sweeps
+
+
+def test_the_worker_loads_every_job_module_before_its_first_fork(own):
+    """rq runs each job in a fork of the worker: with the modules loaded before, no job pays
+    for importing them again."""
+    probe = (
+        "import sys, pkgutil, common.jobs\n"
+        "from redis import Redis\n"
+        "from common.jobs.worker import PreloadingWorker\n"
+        "jobs = [f'common.jobs.{m.name}' for m in pkgutil.iter_modules(common.jobs.__path__)]\n"
+        "before = [name for name in jobs if name in sys.modules]\n"
+        f"PreloadingWorker(['nothing'], connection=Redis.from_url({str(own.settings.redis_url)!r}))\n"
+        "print(len(jobs), len(before), all(name in sys.modules for name in jobs))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    count, loaded_before, all_after = result.stdout.split()
+    assert int(loaded_before) < int(count) and all_after == "True"
 
 
 # -- a commit whose reply is lost ----------------------------------------------------------
