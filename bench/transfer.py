@@ -65,6 +65,7 @@ BENCH_USER = "sdbench"  # the throwaway local user vsftpd logs in
 BENCH_USER_MARK = "sealdrop transfer benchmark (throwaway)"
 CLIENT_TIMEOUT = 900
 DOCS = REPO_ROOT / "docs" / "benchmarks.md"
+PLOT = DOCS.with_name("benchmarks-transfer.png")
 DEFAULT_PORT_BASE = 47100
 
 
@@ -298,6 +299,60 @@ class TreeSampler:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def tree_cpu_seconds(roots: list[int]) -> float:
+    """CPU time of processes, their live descendants and every child they reaped."""
+    import psutil
+    seen, total = set(), 0.0
+    for root in roots:
+        with contextlib.suppress(psutil.Error):
+            top = psutil.Process(root)
+            for proc in [top, *top.children(recursive=True)]:
+                if proc.pid in seen:
+                    continue
+                seen.add(proc.pid)
+                with contextlib.suppress(psutil.Error):
+                    times = proc.cpu_times()
+                    total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def service_roots(services_dir: Path) -> list[int]:
+    """The PostgreSQL, Valkey and SeaweedFS processes started under services_dir."""
+    import psutil
+    roots = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if any(str(services_dir) in part for part in (proc.info["cmdline"] or [])):
+            roots.append(proc.info["pid"])
+    return roots
+
+
+class Ingest:
+    """Waits, by the database, until the worker has moved every upload to the object store."""
+
+    def __init__(self, env: dict[str, str], spool: Path):
+        self.url = env["DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
+        self.ready = spool / "ready"
+
+    def pending(self) -> int:
+        import psycopg
+        with psycopg.connect(self.url) as connection:
+            failed, spooled = connection.execute(
+                "select count(*) filter (where state = 'failed'), count(*) filter (where state = 'spooled') "
+                "from file_versions").fetchone()
+        if failed:
+            raise RuntimeError(f"{failed} upload(s) failed ingest: see worker.log")
+        return spooled
+
+    def wait(self, patience: float = 600) -> float:
+        """Seconds until nothing is spooled (versions stored, spool's ready/ empty)."""
+        started = time.monotonic()
+        while self.pending() or any(self.ready.iterdir()):
+            if time.monotonic() - started > patience:
+                raise RuntimeError("ingest did not finish in time: see worker.log")
+            time.sleep(0.05)
+        return time.monotonic() - started
 
 
 # -- profiling (optional: py-spy, not a project requirement) ----------------------------------
@@ -646,6 +701,10 @@ class Transfer:
     def mib_s(self) -> float:
         return self.size / MIB / self.seconds
 
+    @property
+    def mb_s(self) -> float:
+        return self.size / 1e6 / self.seconds
+
 
 SSH_COMMON = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
               "-o", "IdentityAgent=none", "-o", "ConnectTimeout=20", "-o", "NumberOfPasswordPrompts=1",
@@ -734,11 +793,17 @@ class Measured:
     protocol: str
     up: list[Transfer] = dataclasses.field(default_factory=list)
     down: list[Transfer] = dataclasses.field(default_factory=list)
+    # Ours only: a download of a stored file while the worker ingests the upload just made.
+    busy_down: list[Transfer] = dataclasses.field(default_factory=list)
     tree_peak: int = 0  # summed RSS of the server's process tree, full-size transfers
-    cpu: list = dataclasses.field(default_factory=list)  # (server s, client s, wall s) per round
+    # Server CPU seconds per transfer (ours: door, worker, PostgreSQL, Valkey and SeaweedFS;
+    # an upload's includes its ingest), and the client's per round.
+    cpu_up: list[float] = dataclasses.field(default_factory=list)
+    cpu_down: list[float] = dataclasses.field(default_factory=list)
+    cpu_client: list[float] = dataclasses.field(default_factory=list)
 
-    def best(self, direction: str) -> Transfer:
-        return max(getattr(self, direction), key=lambda t: t.mib_s)
+    def median_mb_s(self, direction: str) -> float:
+        return median([t.mb_s for t in getattr(self, direction)])
 
 
 @dataclasses.dataclass
@@ -888,7 +953,8 @@ def bench(args: argparse.Namespace) -> str:
         (work / "our-ssh").mkdir(mode=0o700)
         ensure_ssh_host_key(work / "our-ssh" / "host_ed25519_key")
         master_keys = "b1:" + base64.b64encode(secrets.token_bytes(32)).decode()
-        env = our_environment(service_env, work, ports, master_keys)
+        env = {**our_environment(service_env, work, ports, master_keys),
+               "FTPS_PROCESSES": str(args.processes), "SFTP_PROCESSES": str(args.processes)}
         our_user, our_password = "benchadmin", "Bench-" + secrets.token_urlsafe(12) + "-9q"
         log("migrating the database and creating the account")
         prepare_our_database(env, our_user, our_password)
@@ -904,6 +970,9 @@ def bench(args: argparse.Namespace) -> str:
         # spread over the ephemeral port range (which holds our ports).
         our_sftp = start_ours("sftp", ports.our_sftp, "throughput")
         our_ftps = start_ours("ftps", ports.our_ftps, "throughput")
+        worker = processes.spawn("worker", [sys.executable, "-m", "common.jobs.worker"], work / "worker.log",
+                                 cwd=REPO_ROOT, env=env)
+        ingest = Ingest(env, work / "spool")
         me = pwd.getpwuid(os.geteuid()).pw_name
         sshd_config = write_sshd_config(work / "sshd", ports.sshd, me)
         sshd = processes.start_listening("sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", str(sshd_config)],
@@ -955,42 +1024,64 @@ def bench(args: argparse.Namespace) -> str:
             log(f"{protocol} {server}: warm-up")
             transfer_checked(target, small_file, small_sha, "warm-up.bin", back)
 
-        # Throughput: rounds of put-then-get in one session, servers interleaved, so a
-        # burst of load from other processes on this shared machine hits all of them.
+        # Throughput: rounds of put, then get in a session of its own, servers interleaved, so
+        # a burst of load from other processes on this shared machine hits all of them. Every
+        # timed transfer starts once the worker has moved the previous uploads to the store, so
+        # our downloads are read back from it. Then, for ours, one more upload and, while the
+        # worker ingests it, the download again.
+        size = full_file.stat().st_size
         for round_ in range(1, args.rounds + 1):
             for (protocol, server, target, item), measured in zip(targets, results):
                 log(f"round {round_}/{args.rounds}: {protocol} {server}: {args.size_mib} MiB put, get")
-                server_cpu, client_cpu = cpu_seconds(item.process.pid), children_cpu_seconds()
+                ours = server == "ours"
+                roots = [item.process.pid, *([worker.process.pid, *service_roots(services_dir)] if ours else [])]
+                name = f"round-{round_}.bin"
+                ingest.wait()
+                client_cpu, cpu = children_cpu_seconds(), tree_cpu_seconds(roots)
                 with TreeSampler(item.process.pid) as sampler:
-                    up, down, _, _ = transfer_checked(target, full_file, full_sha,
-                                                      f"round-{round_}.bin", back,
-                                                      hash_back=False)
+                    up, _ = _put_only(target, full_file, name)
+                    if ours:
+                        ingest.wait()
+                    uploaded = tree_cpu_seconds(roots)
+                    down = _get_only(target, name, back, size)
                 # Taken before the download's SHA-256 is checked, so that is not counted.
-                server_cpu = cpu_seconds(item.process.pid) - server_cpu
-                client_cpu = children_cpu_seconds() - client_cpu
-                wall = up.seconds + down.seconds
-                measured.cpu.append((server_cpu, client_cpu, wall))
-                check_download(target, back, full_sha, f"round-{round_}.bin")
+                downloaded = tree_cpu_seconds(roots)
+                measured.cpu_client.append(children_cpu_seconds() - client_cpu)
+                measured.cpu_up.append(uploaded - cpu)
+                measured.cpu_down.append(downloaded - uploaded)
+                check_download(target, back, full_sha, name)
                 measured.tree_peak = max(measured.tree_peak, sampler.peak)
                 measured.up.append(up)
                 measured.down.append(down)
-                log(f"    up {up.mib_s:.1f} MiB/s, down {down.mib_s:.1f} MiB/s")
+                line = f"    up {up.mb_s:.0f} MB/s, down {down.mb_s:.0f} MB/s"
+                if ours:
+                    _put_only(target, full_file, f"busy-{round_}.bin")
+                    busy = _get_only(target, name, back, size)
+                    check_download(target, back, full_sha, name)
+                    measured.busy_down.append(busy)
+                    line += f", down during ingest {busy.mb_s:.0f} MB/s"
+                log(line)
 
-        # With --profile, one more put+get for each of our servers under py-spy, not counted.
+        # With --profile, one more upload and download of each of ours under py-spy, not counted
+        # (a profiler attached slows what it watches).
         for (protocol, server, target, item) in targets if args.profile else ():
             if server != "ours":
                 continue
-            log(f"{protocol} {server}: {args.size_mib} MiB put, get under py-spy (not counted)")
-            with Profiler(item.process.pid, work / f"profile-{protocol}.txt") as prof:
-                transfer_checked(target, full_file, full_sha, "profiled.bin", back, hash_back=False)
+            log(f"{protocol} {server}: {args.size_mib} MiB put, then get from the store, under py-spy (not counted)")
+            ingest.wait()
+            with Profiler(item.process.pid, work / f"profile-{protocol}-up.txt") as prof_up:
+                _put_only(target, full_file, "profiled.bin")
+            ingest.wait()
+            with Profiler(item.process.pid, work / f"profile-{protocol}-down.txt") as prof_down:
+                _get_only(target, "profiled.bin", back, size)
             check_download(target, back, full_sha, "profiled.bin")
-            profiles[protocol] = prof.summary()
+            profiles[f"{protocol} upload"] = prof_up.summary()
+            profiles[f"{protocol} download (read back from the store)"] = prof_down.summary()
     text = report(args, machine, started_load, results, memory, disk, profiles)
-    for protocol, summary in profiles.items():
-        text += (f"\n#### Profile of our {protocol.upper()} server "
-                 f"(one more {args.size_mib} MiB put then get, "
-                 f"not counted above)\n\n{summary}")
-    return text
+    for what, summary in profiles.items():
+        text += (f"\n#### Profile of our {what.split()[0].upper()} door: {what.split(' ', 1)[1]} "
+                 f"(one more {args.size_mib} MiB, not counted above)\n\n{summary}")
+    return text, results
 
 
 def stop_backing_services(services_dir: Path) -> None:
@@ -1019,33 +1110,33 @@ def report(args, machine, started_load, results: list[Measured], memory: dict[st
 
     runs = args.rounds
     rounds_text = f"{args.rounds} round{'s' if args.rounds > 1 else ''}"
-    lines += [f"#### Throughput ({args.size_mib} MiB random file, best of {rounds_text}; "
-              "MiB/s of the transfer itself, login excluded)", "",
-              "| protocol | direction | ours | reference | ours / reference | ours, all rounds "
-              "| reference, all rounds |",
-              "|---|---|---|---|---|---|---|"]
-    for protocol, reference in (("sftp", "OpenSSH"), ("ftps", "vsftpd")):
+    lines += [f"#### Throughput ({args.size_mib} MiB random file, median of {rounds_text}; "
+              "MB/s (10^6 bytes) of the transfer itself, login excluded; our downloads read back "
+              "from the object store)", "",
+              "| protocol | direction | ours MB/s | reference MB/s | ours / reference | goal "
+              "| ours, all rounds | reference, all rounds |",
+              "|---|---|---|---|---|---|---|---|"]
+    for protocol, direction, reference, label, ratio, goal in ratios(results):
         ours, ref = by[(protocol, "ours")], by[(protocol, reference)]
-        for direction in ("up", "down"):
-            o, r = ours.best(direction), ref.best(direction)
-            lines.append(
-                f"| {protocol.upper()} vs {reference} | {'upload' if direction == 'up' else 'download'} "
-                f"| {o.mib_s:.1f} | {r.mib_s:.1f} | **{o.mib_s / r.mib_s:.2f}** "
-                f"| {spread(getattr(ours, direction))} | {spread(getattr(ref, direction))} |")
-    lines += ["", f"#### CPU per round ({args.size_mib} MiB put then get; medians of {rounds_text}, "
-              "each column on its own)", "",
-              "| server | server CPU s | server CPU ms per MiB moved | client CPU s | transfer wall s "
-              "| (server + client CPU) / wall |", "|---|---|---|---|---|---|"]
+        met = "met" if ratio >= goal else "**missed**"
+        lines.append(
+            f"| {protocol.upper()} vs {reference} | {label} | {ours.median_mb_s(direction):.0f} "
+            f"| {ref.median_mb_s(ref_direction(direction)):.0f} | **{ratio:.2f}** "
+            f"| >= {goal:.2f}: {met} | {spread(getattr(ours, direction))} "
+            f"| {spread(getattr(ref, ref_direction(direction)))} |")
+    lines += ["", "\"Download during ingest\": ours only, the same stored file downloaded again right "
+              "after another upload, while the worker moves that upload to the store; against the "
+              "reference's plain download.", ""]
+    lines += [f"#### Server CPU (seconds per GiB moved, medians of {rounds_text})", "",
+              "| server | upload | download | client CPU s per round (put + get) |", "|---|---|---|---|"]
+    gib = args.size_mib / 1024
     for m in results:
-        if not m.cpu:
-            continue
-        server_s, client_s, wall = (median([c[i] for c in m.cpu]) for i in range(3))
-        lines.append(f"| {m.server} {m.protocol.upper()} | {server_s:.2f} | "
-                     f"{1000 * server_s / (2 * args.size_mib):.1f} | {client_s:.2f} | {wall:.2f} | "
-                     f"{(server_s + client_s) / wall:.2f} |")
-    lines += ["", "Server CPU: utime + stime of our server process, or of sshd's / vsftpd's "
-              "listener with its reaped per-session processes. Client CPU: sftp + ssh (+ sshpass) or "
-              "curl, from the bench's reaped children. Both include the login; the wall time does not."]
+        lines.append(f"| {m.server} {m.protocol.upper()} | {median(m.cpu_up) / gib:.1f} "
+                     f"| {median(m.cpu_down) / gib:.1f} | {median(m.cpu_client):.2f} |")
+    lines += ["", "Ours counts every process of the stack: the door, the ingest worker (and the forks "
+              "it runs jobs in), PostgreSQL, Valkey and SeaweedFS; an upload's figure includes its "
+              "ingest into the store. OpenSSH and vsftpd: the listener and its per-session processes. "
+              "Client: sftp + ssh (+ sshpass) or curl."]
     ftps_tls = {m.server: m.up[0].detail for m in results if m.protocol == "ftps"}
     lines += ["", f"SFTP cipher on both: {CIPHER} (checked in `sftp -v` output of every run). "
               "FTPS TLS as curl reported it: "
@@ -1065,9 +1156,55 @@ def report(args, machine, started_load, results: list[Measured], memory: dict[st
               "and vsftpd the listener plus the per-session processes, shared pages counted in each): "
               + ", ".join(f"{m.server} {m.protocol.upper()} {m.tree_peak / MIB:.0f} MiB" for m in results)
               + ".", ""]
-    downloads = len(results) * (runs + 1) + 4 + len(profiles)  # + warm-ups and memory runs
+    downloads = len(results) * (runs + 1) + 2 * runs + 4 + len(profiles) // 2  # + during ingest, warm-ups, memory
     lines.append(f"Every download ({downloads} of them) matched the source's SHA-256.")
     return "\n".join(lines) + "\n"
+
+
+GOALS = {("sftp", "up"): 0.45, ("sftp", "down"): 0.5, ("sftp", "busy_down"): 0.0,
+         ("ftps", "up"): 1.3, ("ftps", "down"): 0.8, ("ftps", "busy_down"): 0.0}
+LABELS = {"up": "upload", "down": "download", "busy_down": "download during ingest"}
+
+
+def ref_direction(direction: str) -> str:
+    return "down" if direction == "busy_down" else direction
+
+
+def ratios(results: list[Measured]) -> list[tuple[str, str, str, str, float, float]]:
+    """(protocol, direction, reference, label, ours / reference, goal) of every comparison."""
+    by = {(m.protocol, m.server): m for m in results}
+    rows = []
+    for protocol, reference in (("sftp", "OpenSSH"), ("ftps", "vsftpd")):
+        ours, ref = by[(protocol, "ours")], by[(protocol, reference)]
+        for direction in ("up", "down", "busy_down"):
+            ratio = ours.median_mb_s(direction) / ref.median_mb_s(ref_direction(direction))
+            rows.append((protocol, direction, reference, LABELS[direction], ratio, GOALS[(protocol, direction)]))
+    return rows
+
+
+def plot_ratios(results: list[Measured], out: Path, title: str) -> None:
+    """A bar per comparison, its goal marked: the PNG docs/benchmarks.md shows."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = ratios(results)
+    names = [f"{p.upper()} {label}" for p, _, _, label, _, _ in rows]
+    values = [ratio for *_, ratio, _ in rows]
+    fig, axis = plt.subplots(figsize=(8, 3.6), dpi=120)
+    bars = axis.barh(names, values, color=["#2b6cb0" if r >= g else "#c05621" for *_, r, g in rows])
+    for index, (*_, ratio, goal) in enumerate(rows):
+        if goal:
+            axis.plot([goal, goal], [index - 0.4, index + 0.4], color="black", linewidth=2)
+        axis.text(ratio + 0.02, index, f"{ratio:.2f}", va="center", fontsize=8)
+    axis.axvline(1.0, color="grey", linestyle=":", linewidth=1)
+    axis.invert_yaxis()
+    axis.set_xlabel("ours / reference (OpenSSH for SFTP, vsftpd for FTPS); black mark: goal")
+    axis.set_title(title, fontsize=9)
+    axis.set_xlim(0, max(values + [1.4]) + 0.2)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    del bars
 
 
 def median(values: list[float]) -> float:
@@ -1086,6 +1223,8 @@ def command_line(args: argparse.Namespace) -> str:
         text += " --quick"
     else:
         text += f" --size-mib {args.size_mib} --small-mib {args.small_mib} --rounds {args.rounds}"
+    if args.processes != 1:
+        text += f" --processes {args.processes}"
     if args.port_base != DEFAULT_PORT_BASE:
         text += f" --port-base {args.port_base}"
     return text + (" --profile" if args.profile else "") + (" --append-docs" if args.append_docs else "")
@@ -1096,8 +1235,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--size-mib", type=int, default=256, help="the full-size file (default 256)")
     parser.add_argument("--small-mib", type=int, default=64,
                         help="the small file of the memory comparison (default 64)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="timed put+get rounds per server after the memory runs (default 3)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="timed put+get rounds per server after the memory runs (default 5)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="FTPS_PROCESSES and SFTP_PROCESSES of our doors (default 1)")
     parser.add_argument("--quick", action="store_true", help="64 MiB and 16 MiB, two rounds")
     parser.add_argument("--port-base", type=int, default=DEFAULT_PORT_BASE,
                         help=f"first of the 50 ports used (default {DEFAULT_PORT_BASE})")
@@ -1128,10 +1269,13 @@ def main() -> int:
     # SIGTERM unwinds like Ctrl-C, so every server is stopped.
     signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
-    text = bench(args)
+    text, results = bench(args)
     text += f"\nWhole run: {time.monotonic() - started:.0f} s.\n"
     print(text)
     if args.append_docs:
+        plot_ratios(results, PLOT, f"Ours against OpenSSH and vsftpd, {args.size_mib} MiB, median of "
+                                   f"{args.rounds} rounds, {date.today().strftime('%d %b %Y')}")
+        text += f"\n![Ratios against OpenSSH and vsftpd]({PLOT.name})\n"
         with open(DOCS, "a") as handle:
             handle.write("\n" + text)
         log(f"appended to {DOCS.relative_to(REPO_ROOT)}")

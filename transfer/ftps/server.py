@@ -85,6 +85,7 @@ def serve(servers: list[FTPSServer], stop: threading.Event, poll_seconds: float 
 
 
 def main() -> int:
+    process.limit_malloc_arenas()
     process.configure_logging()
     logging.getLogger("pyftpdlib").setLevel(logging.WARNING)
     try:

@@ -179,6 +179,7 @@ def load_host_key(path: Path | None) -> paramiko.PKey:
 
 def main() -> int:
     """`python -m transfer.sftp`: serve SFTP on SFTP_PORT until SIGTERM or SIGINT."""
+    process.limit_malloc_arenas()
     process.configure_logging()
     try:
         settings = process.load_settings()
