@@ -1214,7 +1214,7 @@ def median(values: list[float]) -> float:
 
 
 def spread(transfers: list[Transfer]) -> str:
-    return ", ".join(f"{t.mib_s:.0f}" for t in transfers)
+    return ", ".join(f"{t.mb_s:.0f}" for t in transfers)
 
 
 def command_line(args: argparse.Namespace) -> str:

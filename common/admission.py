@@ -4,14 +4,25 @@ Every door asks `Admission.admit` when a connection arrives and keeps the `Slot`
 the connection's life: `logged_in()` when it authenticates, `release()` when it ends. A client
 (an IPv4 address, or an IPv6 /64: `auth.address_group`) may hold `max_per_client` sessions,
 of which at most `max_unauthenticated_per_client` not yet logged in, so that a few addresses
-cannot hold every slot of a process before logging in. Counts are per process.
+cannot hold every slot of a process before logging in.
+
+`Admission` counts in this process. `SharedAdmission` keeps the per-client counts in Redis, so
+every process and host of a door shares them (a door runs a process per core): each slot is a
+lease its process renews while it lives, so a killed process's slots lapse by themselves.
 """
 from __future__ import annotations
 
+import logging
+import secrets
 import threading
 from collections import Counter
 
+from redis import Redis
+from redis.exceptions import RedisError
+
 from common.auth import address_group
+
+log = logging.getLogger(__name__)
 
 
 class Slot:
@@ -19,6 +30,7 @@ class Slot:
 
     def __init__(self, admission: "Admission", client: str):
         self._admission, self.client = admission, client
+        self.id = secrets.token_hex(8)
         self.authenticated = False
         self.released = False
 
@@ -84,3 +96,118 @@ class Admission:
         counter[client] -= 1
         if counter[client] <= 0:
             del counter[client]
+
+
+# Under the keys of one client: take lapsed leases out, then the slot if both counts allow.
+# Redis's own clock, so the hosts' clocks never matter. KEYS: sessions, not yet logged in;
+# ARGV: slot id, per-client cap, not-logged-in cap, lease seconds.
+_ADMIT = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+for _, key in ipairs(KEYS) do redis.call('ZREMRANGEBYSCORE', key, '-inf', now) end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) or redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then
+  return 0
+end
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now + tonumber(ARGV[4]), ARGV[1])
+  redis.call('EXPIRE', key, math.ceil(tonumber(ARGV[4])) * 2)
+end
+return 1
+"""
+
+# Extend the leases of live slots: KEYS[i] holds ARGV[i + 1]; ARGV[1] is the lease in seconds.
+_RENEW = """
+local clock = redis.call('TIME')
+local expiry = tonumber(clock[1]) + tonumber(clock[2]) / 1000000 + tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, 'XX', expiry, ARGV[i + 1])
+  redis.call('EXPIRE', key, math.ceil(tonumber(ARGV[1])) * 2)
+end
+return 1
+"""
+
+
+class SharedAdmission(Admission):
+    """Per-client counts shared in Redis by every process of a door; the total stays this
+    process's own. Each admission is one round trip. When Redis cannot be reached, this
+    process's own counts decide, with a warning: never unlimited, never everyone refused."""
+
+    lease_seconds = 30.0
+
+    def __init__(self, redis_url: str, door: str, **caps):
+        super().__init__(**caps)
+        self.door = door
+        self._redis = Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self._admit_script = self._redis.register_script(_ADMIT)
+        self._renew_script = self._redis.register_script(_RENEW)
+        self._live: dict[str, Slot] = {}
+        self._renewer: threading.Thread | None = None
+        self._warned = False
+
+    def _keys(self, client: str) -> tuple[str, str]:
+        return f"sealdrop:slots:{self.door}:{client}", f"sealdrop:slots-waiting:{self.door}:{client}"
+
+    def admit(self, ip: str | None) -> Slot | None:
+        slot = super().admit(ip)  # this process's total, and its counts should Redis fail
+        if slot is None:
+            return None
+        try:
+            admitted = self._admit_script(keys=self._keys(slot.client), args=[
+                slot.id, self.max_per_client, self.max_unauthenticated_per_client, self.lease_seconds])
+        except RedisError as exc:
+            self._warn(exc)
+            return slot
+        if not admitted:
+            super()._release(slot)
+            return None
+        with self._lock:
+            self._live[slot.id] = slot
+        self._ensure_renewer()
+        return slot
+
+    def _mark_logged_in(self, slot: Slot) -> None:
+        super()._mark_logged_in(slot)
+        self._quietly(lambda: self._redis.zrem(self._keys(slot.client)[1], slot.id))
+
+    def _release(self, slot: Slot) -> None:
+        super()._release(slot)
+        with self._lock:
+            shared = self._live.pop(slot.id, None) is not None
+        if shared:
+            sessions, waiting = self._keys(slot.client)
+            self._quietly(lambda: self._redis.pipeline().zrem(sessions, slot.id).zrem(waiting, slot.id).execute())
+
+    def renew(self) -> None:
+        """Extend the leases of this process's live slots (the renewer does it every third of one)."""
+        with self._lock:
+            slots = list(self._live.values())
+        keys, members = [], []
+        for slot in slots:
+            sessions, waiting = self._keys(slot.client)
+            keys += [sessions] if slot.authenticated else [sessions, waiting]
+            members += [slot.id] if slot.authenticated else [slot.id, slot.id]
+        if keys:
+            self._quietly(lambda: self._renew_script(keys=keys, args=[self.lease_seconds, *members]))
+
+    def _ensure_renewer(self) -> None:
+        with self._lock:
+            if self._renewer is None or not self._renewer.is_alive():
+                self._renewer = threading.Thread(target=self._renew_forever, name="slot-leases", daemon=True)
+                self._renewer.start()
+
+    def _renew_forever(self) -> None:
+        stop = threading.Event()
+        while not stop.wait(self.lease_seconds / 3):
+            self.renew()
+
+    def _quietly(self, call) -> None:
+        try:
+            call()
+        except RedisError as exc:
+            self._warn(exc)  # the lease lapses by itself
+
+    def _warn(self, exc: Exception) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning("%s: shared session counts unavailable (%s); this process's own counts decide",
+                        self.door, type(exc).__name__)

@@ -66,6 +66,8 @@ class Settings:
     tls_key_file: Path | None
     sftp_port: int
     sftp_host_key_file: Path | None
+    ftps_processes: int
+    sftp_processes: int
     public_url: str
     public_transfer_host: str | None
     public_ftps_port: int | None
@@ -168,6 +170,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         tls_key_file=_path(env, "TLS_KEY_FILE"),
         sftp_port=_int(env, "SFTP_PORT", 2222),
         sftp_host_key_file=_path(env, "SFTP_HOST_KEY_FILE"),
+        # A process per core: each door process is one interpreter, one core's worth of Python.
+        ftps_processes=_positive(env, "FTPS_PROCESSES", os.cpu_count() or 1),
+        sftp_processes=_positive(env, "SFTP_PROCESSES", os.cpu_count() or 1),
         public_url=env.get("PUBLIC_URL", "http://127.0.0.1:5000").rstrip("/"),
         public_transfer_host=env.get("PUBLIC_TRANSFER_HOST"),
         public_ftps_port=_int(env, "PUBLIC_FTPS_PORT", None),

@@ -40,6 +40,9 @@ def test_environment(backing_env: dict[str, str], spool_dir: Path, **overrides: 
         "MAX_SESSIONS_PER_IP": "1000",
         # Tests log in many sessions from 127.0.0.1; the per-client caps get their own tests.
         "MAX_UNAUTHENTICATED_PER_IP": "1000",
+        # One process per door unless a test asks for more (tests/transfer/test_processes.py).
+        "FTPS_PROCESSES": "1",
+        "SFTP_PROCESSES": "1",
     }
     env.update(overrides)
     return env

@@ -1,4 +1,5 @@
-"""The start-up both transfer doors share: logging, settings, one config-error line, signals.
+"""The start-up both transfer doors share: logging, settings, one config-error line, signals,
+and a process per core.
 
 A door's `main` loads its settings and builds its listeners under one `except ConfigError`,
 which `refuse_to_start` turns into one log line (`<door> cannot start: <reason>`) and exit
@@ -10,8 +11,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import signal
+import socket
 import threading
+from typing import Callable
 
 from common.config import settings_from_environment
 from common.errors import ConfigError
@@ -71,3 +75,69 @@ def stop_requested() -> threading.Event:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     return stop
+
+
+def serve_in_processes(log: logging.Logger, door: str, count: int, serve: Callable[[int], int]) -> int:
+    """Run `serve(index)` in `count` processes of the door, forked before any thread exists,
+    each with its own listeners on the door's ports (SO_REUSEPORT: the kernel spreads new
+    connections over them); this process only forwards SIGTERM and SIGINT and waits. One
+    process: `serve(0)` runs here. A process that ends on its own stops the others, and the
+    door exits with its status, for the supervisor to restart it whole."""
+    if count == 1:
+        return serve(0)
+    children: dict[int, int] = {}
+    for index in range(count):
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                status = serve(index)
+            except BaseException:  # noqa: BLE001 (a child must never return into the parent's loop)
+                log.exception("%s process %d failed", door, index)
+            finally:
+                logging.shutdown()
+                os._exit(status)
+        children[pid] = index
+    return _supervise(log, door, children)
+
+
+def _supervise(log: logging.Logger, door: str, children: dict[int, int]) -> int:
+    stopping, status = threading.Event(), 0
+
+    def forward(signum, _frame=None):
+        stopping.set()
+        for pid in list(children):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, forward)
+    while children:
+        try:
+            pid, wait_status = os.wait()
+        except ChildProcessError:
+            break
+        index = children.pop(pid)
+        code = os.waitstatus_to_exitcode(wait_status)
+        if not stopping.is_set():
+            log.error("%s process %d ended on its own (status %s); stopping the door", door, index, code)
+            status = code if code > 0 else 1
+            forward(signal.SIGTERM)
+    return status
+
+
+def listener(host: str, port: int, *, shared: bool) -> socket.socket:
+    """A listening socket; `shared` lets the door's other processes listen on the same port."""
+    return socket.create_server((host, port), backlog=128, reuse_port=shared)
+
+
+def split_range(ports: range, parts: int) -> list[range]:
+    """FTPS passive ports, a disjoint run of them per process: a data connection then reaches
+    the process that gave its port out."""
+    if len(ports) < parts:
+        raise ConfigError(f"FTPS_PASSIVE_PORTS has {len(ports)} ports, fewer than the {parts} FTPS processes")
+    size = len(ports) // parts
+    return [range(ports.start + i * size, ports.stop if i == parts - 1 else ports.start + (i + 1) * size)
+            for i in range(parts)]

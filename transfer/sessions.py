@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 
 from common import auth, doors
-from common.admission import Admission
+from common.admission import Admission, SharedAdmission
 from common.errors import SealdropError
 from common.services import Services
 from common.vfs import Workspace
@@ -35,13 +35,16 @@ class SessionLimits:
                    auth_timeout=float(settings.login_timeout_seconds))
 
 
-def admission(door: str, limits: SessionLimits) -> Admission:
-    """The connection slots of a door's process, capped per client when its door row says so."""
+def admission(door: str, limits: SessionLimits, redis_url: str | None = None) -> Admission:
+    """The connection slots of a door's process, capped per client when its door row says so;
+    with `redis_url`, the per-client counts are shared by every process of the door."""
     per_client, unauthenticated = limits.max_sessions_per_ip, limits.max_unauthenticated_per_ip
+    caps = dict(max_total=limits.max_sessions, max_per_client=per_client,
+                max_unauthenticated_per_client=unauthenticated)
     if doors.door(door).session_cap is not doors.SessionCap.PER_CLIENT:
-        per_client = unauthenticated = limits.max_sessions
-    return Admission(max_total=limits.max_sessions, max_per_client=per_client,
-                     max_unauthenticated_per_client=unauthenticated)
+        caps.update(max_per_client=limits.max_sessions, max_unauthenticated_per_client=limits.max_sessions)
+        return Admission(**caps)
+    return SharedAdmission(redis_url, door, **caps) if redis_url else Admission(**caps)
 
 
 def address_banned(services: Services, door: str, session_id: str, ip: str) -> bool:

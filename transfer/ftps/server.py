@@ -32,10 +32,10 @@ class FTPSServer(ThreadedFTPServer):
         limits = sessions.SessionLimits.from_settings(handler.services.settings)
         # pyftpdlib's own checks agree with our slots (common.admission), which refuse first.
         self.max_cons, self.max_cons_per_ip = limits.max_sessions, limits.max_sessions_per_ip
-        self.admission = sessions.admission("ftps", limits)
+        self.admission = sessions.admission("ftps", limits, handler.services.settings.redis_url)
 
 
-def handler_class(services: Services, *, implicit: bool = False) -> type[FTPSHandler]:
+def handler_class(services: Services, *, implicit: bool = False, passive_ports: range | None = None) -> type[FTPSHandler]:
     """A handler subclass carrying this process's settings as class options."""
     settings = services.settings
     if settings.tls_cert_file is None or settings.tls_key_file is None:
@@ -46,7 +46,7 @@ def handler_class(services: Services, *, implicit: bool = False) -> type[FTPSHan
         "certfile": str(settings.tls_cert_file),
         "keyfile": str(settings.tls_key_file),
         "tls_sessions": TLSSessions(str(settings.tls_cert_file), str(settings.tls_key_file)),
-        "passive_ports": list(settings.ftps_passive_ports),
+        "passive_ports": list(passive_ports or settings.ftps_passive_ports),
         "masquerade_address": settings.ftps_masquerade_address,
         "require_session_reuse": settings.ftps_require_session_reuse,
         # pyftpdlib's per-connection limit agrees with the shared lockout threshold.
@@ -55,13 +55,21 @@ def handler_class(services: Services, *, implicit: bool = False) -> type[FTPSHan
     })
 
 
-def build_servers(services: Services, host: str) -> list[FTPSServer]:
-    """The explicit server and, when FTPS_IMPLICIT_PORT is set, the implicit one, on one IO loop."""
+def build_servers(services: Services, host: str, *, passive_ports: range | None = None,
+                  shared: bool = False) -> list[FTPSServer]:
+    """The explicit server and, when FTPS_IMPLICIT_PORT is set, the implicit one, on one IO loop.
+    `shared`: other processes of the door listen on the same ports, each with its own passive ports."""
     settings, ioloop = services.settings, IOLoop()
-    servers = [FTPSServer((host, settings.ftps_port), handler_class(services), ioloop=ioloop)]
+
+    def address(port: int):
+        return process.listener(host, port, shared=True) if shared else (host, port)
+
+    servers = [FTPSServer(address(settings.ftps_port), handler_class(services, passive_ports=passive_ports),
+                          ioloop=ioloop)]
     if settings.ftps_implicit_port is not None:
-        servers.append(FTPSServer((host, settings.ftps_implicit_port),
-                                  handler_class(services, implicit=True), ioloop=ioloop))
+        servers.append(FTPSServer(address(settings.ftps_implicit_port),
+                                  handler_class(services, implicit=True, passive_ports=passive_ports),
+                                  ioloop=ioloop))
         servers[1].admission = servers[0].admission  # one process, one count for both ports
     publish_certificate(services)
     return servers
@@ -90,16 +98,27 @@ def main() -> int:
     logging.getLogger("pyftpdlib").setLevel(logging.WARNING)
     try:
         settings = process.load_settings()
+        passive = process.split_range(settings.ftps_passive_ports, settings.ftps_processes)
+    except ConfigError as exc:
+        return process.refuse_to_start(log, "ftps", exc)
+    count = settings.ftps_processes
+    return process.serve_in_processes(log, "ftps", count,
+                                      lambda index: serve_process(settings, index, count, passive[index]))
+
+
+def serve_process(settings, index: int, count: int, passive: range) -> int:
+    """One process of the door: its services, its listeners, its passive ports."""
+    try:
         services = process.start_services(settings)
         host = process.listen_host(settings)
-        servers = build_servers(services, host)
+        servers = build_servers(services, host, passive_ports=passive, shared=count > 1)
     except ConfigError as exc:
         return process.refuse_to_start(log, "ftps", exc)
     stop = process.stop_requested()
     ports = ", ".join(f"{s.address[1]}" for s in servers)
-    log.info("ftps serving on %s port(s) %s (passive %s-%s)", host, ports,
-             settings.ftps_passive_ports.start, settings.ftps_passive_ports.stop - 1)
+    log.info("ftps serving on %s port(s) %s (passive %s-%s), process %d of %d", host, ports,
+             passive.start, passive.stop - 1, index + 1, count)
     serve(servers, stop)
     services.close()
-    log.info("ftps stopped")
+    log.info("ftps stopped (process %d of %d)", index + 1, count)
     return 0

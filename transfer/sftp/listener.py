@@ -29,22 +29,22 @@ class SftpServer:
     """Accepts connections and runs each SSH session in its own thread, within the caps."""
 
     def __init__(self, services: Services, host_key: paramiko.PKey, *, host: str = "127.0.0.1",
-                 port: int = 0, limits: Limits = Limits()):
+                 port: int = 0, limits: Limits = Limits(), shared: bool = False):
         self.services, self.host_key, self.limits = services, host_key, limits
-        self.address = (host, port)
+        self.address, self.shared = (host, port), shared  # shared: the door's other processes listen too
         self.port: int | None = None
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._sessions: dict[threading.Thread, tuple[str, HardenedTransport | None]] = {}
         self._acceptor: threading.Thread | None = None
-        self.admission = sessions.admission("sftp", limits)
+        self.admission = sessions.admission("sftp", limits, services.settings.redis_url)
 
     def start(self) -> "SftpServer":
         # Published before the first connection, so the portal never shows a key not served.
         door_keys.publish(self.services, "sftp", self.host_key.get_name(),
                           door_keys.ssh_fingerprint(self.host_key.asbytes()))
-        listener = socket.create_server(self.address, reuse_port=False)
+        listener = process.listener(*self.address, shared=self.shared)
         listener.settimeout(0.5)  # so stop() is noticed without closing under accept()
         self._listener, self.port = listener, listener.getsockname()[1]
         self._acceptor = threading.Thread(target=self._accept_loop, name="sftp-accept", daemon=True)
@@ -184,19 +184,29 @@ def main() -> int:
     try:
         settings = process.load_settings()
         host_key = load_host_key(settings.sftp_host_key_file)
+    except ConfigError as exc:
+        return process.refuse_to_start(log, "sftp", exc)
+    count = settings.sftp_processes
+    return process.serve_in_processes(log, "sftp", count,
+                                      lambda index: serve_process(settings, host_key, index, count))
+
+
+def serve_process(settings, host_key: paramiko.PKey, index: int, count: int) -> int:
+    """One process of the door: its services and its listener on the door's port."""
+    try:
         services = process.start_services(settings)
     except ConfigError as exc:
         return process.refuse_to_start(log, "sftp", exc)
     host = process.listen_host(settings)
     server = SftpServer(services, host_key, host=host, port=settings.sftp_port,
-                        limits=Limits.from_settings(settings))
+                        limits=Limits.from_settings(settings), shared=count > 1)
     stop = process.stop_requested()
     server.start()
-    log.info("sftp listening on %s:%d, host key %s %s", host, server.port, host_key.get_name(),
-             host_key.fingerprint)
+    log.info("sftp listening on %s:%d, host key %s %s, process %d of %d", host, server.port,
+             host_key.get_name(), host_key.fingerprint, index + 1, count)
     while not stop.wait(1.0):
         pass
     server.stop()
     services.close()
-    log.info("sftp stopped")
+    log.info("sftp stopped (process %d of %d)", index + 1, count)
     return 0
