@@ -77,6 +77,7 @@ CIPHER = "aes256-gcm@openssh.com"
 DOCS = REPO_ROOT / "docs" / "benchmarks.md"
 DOCS_SECTION = "## Load: parallel streams, many sessions, big listings, ingest (`bench/load.py`)"
 DEFAULT_PORT_BASE = 49100
+CLIENT_TIMEOUT = 1800  # seconds for all the streams of one round
 PARTS = ("concurrency", "sessions", "listing", "ingest")
 DOORS = ("sftp", "ftps")
 USER = "loadbench"
@@ -298,6 +299,10 @@ def run_together(commands: list[list[str]], env: dict[str, str], tick=lambda: No
     done: dict[int, float] = {}
     errors = []
     while len(done) < len(running):
+        if time.monotonic() - started > CLIENT_TIMEOUT:
+            for proc in running:
+                proc.kill()
+            raise RuntimeError(f"transfers still running after {CLIENT_TIMEOUT} s; stopped")
         for i, proc in enumerate(running):
             if i not in done and proc.poll() is not None:
                 done[i] = time.monotonic() - started
