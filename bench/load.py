@@ -64,12 +64,12 @@ from devstack import backing  # noqa: E402
 from devstack.keys import ensure_ssh_host_key, ensure_tls_certificate  # noqa: E402
 
 _shared = _bench_transfer()
-(PortPlan, Processes, cpu_seconds, loadavg, log, machine_description, make_random_file, median,
- our_environment, prepare_our_database, read_status, remove_work_folder, run, sha256_file,
+(PortPlan, Processes, append_to_section, cpu_seconds, loadavg, log, machine_description, make_random_file,
+ median, our_environment, prepare_our_database, read_status, remove_work_folder, run, sha256_file,
  stop_backing_services) = (getattr(_shared, name) for name in (
-    "PortPlan", "Processes", "cpu_seconds", "loadavg", "log", "machine_description", "make_random_file",
-    "median", "our_environment", "prepare_our_database", "read_status", "remove_work_folder", "run",
-    "sha256_file", "stop_backing_services"))
+    "PortPlan", "Processes", "append_to_section", "cpu_seconds", "loadavg", "log", "machine_description",
+    "make_random_file", "median", "our_environment", "prepare_our_database", "read_status",
+    "remove_work_folder", "run", "sha256_file", "stop_backing_services"))
 
 MIB = 1024 * 1024
 HOST = "127.0.0.1"
@@ -838,18 +838,6 @@ def report(args: argparse.Namespace, machine: dict, load_start: str, parts: dict
     return "\n".join(lines) + "\n"
 
 
-def append_to_docs(text: str) -> None:
-    """The results go at the end of this benchmark's section (before the next `## `), or of the file."""
-    doc = DOCS.read_text()
-    start = doc.find(DOCS_SECTION)
-    if start < 0:
-        DOCS.write_text(doc.rstrip("\n") + f"\n\n{DOCS_SECTION}\n\n{text}")
-        return
-    end = doc.find("\n## ", start + len(DOCS_SECTION))
-    end = len(doc) if end < 0 else end + 1
-    DOCS.write_text(doc[:end].rstrip("\n") + "\n\n" + text + ("\n" + doc[end:] if end < len(doc) else ""))
-
-
 def command_line(args: argparse.Namespace) -> str:
     text = ".venv/bin/python bench/load.py " + " ".join(args.parts)
     if args.quick:
@@ -890,7 +878,7 @@ def main() -> int:
     text = report(args, machine, load_start, parts, time.monotonic() - started)
     print(text)
     if args.append_docs:
-        append_to_docs(text)
+        append_to_section(DOCS_SECTION, text)
         log(f"appended to {DOCS.relative_to(REPO_ROOT)}")
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 
 from OpenSSL import SSL
 from pyftpdlib.handlers.ftp.data import DTPHandler
@@ -209,6 +210,9 @@ class WorkspaceDTPHandler(TLS_DTPHandler, _TransferEnd):
             self._idler.cancel()
 
 
+_PASSIVE_PORT_CHOICE = threading.Lock()
+
+
 class WorkspacePassiveDTP(PassiveDTP):
     """A passive listener that waits only briefly for the client's data connection.
 
@@ -223,7 +227,11 @@ class WorkspacePassiveDTP(PassiveDTP):
     def __init__(self, cmd_channel, extmode=False):
         self._candidates: set[WorkspaceDTPHandler] = set()
         self._refusal: str | None = None
-        super().__init__(cmd_channel, extmode)
+        # Sessions run on threads of their own, and pyftpdlib binds a passive port (with
+        # SO_REUSEADDR) before it listens: two PASV at once could bind the same free port, and
+        # the second listen() would fail. Choosing a port and listening on it are one step.
+        with _PASSIVE_PORT_CHOICE:
+            super().__init__(cmd_channel, extmode)
 
     def handle_accepted(self, sock, addr):
         channel = self.cmd_channel
