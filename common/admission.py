@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from collections import Counter
 
 from redis import Redis
@@ -116,11 +117,13 @@ return 1
 """
 
 # Extend the leases of live slots: KEYS[i] holds ARGV[i + 1]; ARGV[1] is the lease in seconds.
+# A slot missing (a Redis restart, an outage longer than a lease, one admitted while Redis was
+# away) is counted again.
 _RENEW = """
 local clock = redis.call('TIME')
 local expiry = tonumber(clock[1]) + tonumber(clock[2]) / 1000000 + tonumber(ARGV[1])
 for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, 'XX', expiry, ARGV[i + 1])
+  redis.call('ZADD', key, expiry, ARGV[i + 1])
   redis.call('EXPIRE', key, math.ceil(tonumber(ARGV[1])) * 2)
 end
 return 1
@@ -133,16 +136,19 @@ class SharedAdmission(Admission):
     process's own counts decide, with a warning: never unlimited, never everyone refused."""
 
     lease_seconds = 30.0
+    # After a failure Redis is left alone this long: a Redis that hangs must not hold up every
+    # new connection for its timeout.
+    retry_seconds = 10.0
 
     def __init__(self, redis_url: str, door: str, **caps):
         super().__init__(**caps)
         self.door = door
-        self._redis = Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self._redis = Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self._admit_script = self._redis.register_script(_ADMIT)
         self._renew_script = self._redis.register_script(_RENEW)
         self._live: dict[str, Slot] = {}
         self._renewer: threading.Thread | None = None
-        self._warned = False
+        self._away_until: float | None = None  # while Redis is away: when to try it again
 
     def _keys(self, client: str) -> tuple[str, str]:
         return f"sealdrop:slots:{self.door}:{client}", f"sealdrop:slots-waiting:{self.door}:{client}"
@@ -151,23 +157,19 @@ class SharedAdmission(Admission):
         slot = super().admit(ip)  # this process's total, and its counts should Redis fail
         if slot is None:
             return None
-        try:
-            admitted = self._admit_script(keys=self._keys(slot.client), args=[
-                slot.id, self.max_per_client, self.max_unauthenticated_per_client, self.lease_seconds])
-        except RedisError as exc:
-            self._warn(exc)
-            return slot
-        if not admitted:
+        admitted = self._call(lambda: self._admit_script(keys=self._keys(slot.client), args=[
+            slot.id, self.max_per_client, self.max_unauthenticated_per_client, self.lease_seconds]))
+        if admitted == 0:
             super()._release(slot)
             return None
-        with self._lock:
+        with self._lock:  # renewed from now on, so Redis counts it once it is back
             self._live[slot.id] = slot
         self._ensure_renewer()
         return slot
 
     def _mark_logged_in(self, slot: Slot) -> None:
         super()._mark_logged_in(slot)
-        self._quietly(lambda: self._redis.zrem(self._keys(slot.client)[1], slot.id))
+        self._call(lambda: self._redis.zrem(self._keys(slot.client)[1], slot.id))
 
     def _release(self, slot: Slot) -> None:
         super()._release(slot)
@@ -175,7 +177,7 @@ class SharedAdmission(Admission):
             shared = self._live.pop(slot.id, None) is not None
         if shared:
             sessions, waiting = self._keys(slot.client)
-            self._quietly(lambda: self._redis.pipeline().zrem(sessions, slot.id).zrem(waiting, slot.id).execute())
+            self._call(lambda: self._redis.pipeline().zrem(sessions, slot.id).zrem(waiting, slot.id).execute())
 
     def renew(self) -> None:
         """Extend the leases of this process's live slots (the renewer does it every third of one)."""
@@ -187,7 +189,7 @@ class SharedAdmission(Admission):
             keys += [sessions] if slot.authenticated else [sessions, waiting]
             members += [slot.id] if slot.authenticated else [slot.id, slot.id]
         if keys:
-            self._quietly(lambda: self._renew_script(keys=keys, args=[self.lease_seconds, *members]))
+            self._call(lambda: self._renew_script(keys=keys, args=[self.lease_seconds, *members]))
 
     def _ensure_renewer(self) -> None:
         with self._lock:
@@ -200,14 +202,19 @@ class SharedAdmission(Admission):
         while not stop.wait(self.lease_seconds / 3):
             self.renew()
 
-    def _quietly(self, call) -> None:
+    def _call(self, call):
+        """Redis's answer, or None while it is away (this process's own counts decide then)."""
+        if self._away_until is not None and time.monotonic() < self._away_until:
+            return None
         try:
-            call()
+            answer = call()
         except RedisError as exc:
-            self._warn(exc)  # the lease lapses by itself
-
-    def _warn(self, exc: Exception) -> None:
-        if not self._warned:
-            self._warned = True
-            log.warning("%s: shared session counts unavailable (%s); this process's own counts decide",
-                        self.door, type(exc).__name__)
+            if self._away_until is None:
+                log.warning("%s: shared session counts unavailable (%s); this process's own counts "
+                            "decide", self.door, type(exc).__name__)
+            self._away_until = time.monotonic() + self.retry_seconds
+            return None
+        if self._away_until is not None:
+            self._away_until = None
+            log.warning("%s: shared session counts are back", self.door)
+        return answer

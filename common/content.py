@@ -27,6 +27,9 @@ LOST_CONTENT = "The file's content was lost before it was stored; your administr
 # Plaintext chunks (256 KiB each) a reader's thread may have ready before the sender takes
 # them: enough to keep fetching, decrypting and checking busy while a block is sent.
 READ_AHEAD_CHUNKS = 4
+# Read-ahead threads a process runs at once; a download beyond them reads on its own thread.
+READ_AHEAD_THREADS = 64
+_read_ahead_slots = threading.BoundedSemaphore(READ_AHEAD_THREADS)
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,7 @@ class ReadAhead:
         self._queue: queue.Queue = queue.Queue(depth)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._inline = False
         self._done = False
 
     def __iter__(self) -> "ReadAhead":
@@ -193,12 +197,20 @@ class ReadAhead:
         if self._done:
             raise StopIteration
         if self._thread is None:
+            if self._inline or not _read_ahead_slots.acquire(blocking=False):
+                self._inline = True  # every slot taken: this download reads as it sends
+                return next(self._source)
             # The thread holds only the queue and the event, never self: dropping the reader
             # lets __del__ stop it.
-            self._thread = threading.Thread(target=_produce, args=(self._source, self._queue, self._stop),
-                                            name="read-ahead", daemon=True)
-            self._source = None
-            self._thread.start()
+            thread = threading.Thread(target=_produce, args=(self._source, self._queue, self._stop),
+                                      name="read-ahead", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:
+                _read_ahead_slots.release()
+                self.close()
+                raise
+            self._thread, self._source = thread, None
         item = self._queue.get()
         if item is _END or isinstance(item, _Failure):
             self._done = True
@@ -228,6 +240,7 @@ def _produce(blocks: Iterator[bytes], ready: queue.Queue, stop: threading.Event)
         _offer(ready, _Failure(exc), stop)
     finally:
         getattr(blocks, "close", lambda: None)()
+        _read_ahead_slots.release()
 
 
 def _offer(ready: queue.Queue, item, stop: threading.Event) -> bool:

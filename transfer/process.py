@@ -82,38 +82,69 @@ def serve_in_processes(log: logging.Logger, door: str, count: int, serve: Callab
     each with its own listeners on the door's ports (SO_REUSEPORT: the kernel spreads new
     connections over them); this process only forwards SIGTERM and SIGINT and waits. One
     process: `serve(0)` runs here. A process that ends on its own stops the others, and the
-    door exits with its status, for the supervisor to restart it whole."""
+    door exits with its status, for the supervisor to restart it whole; a child whose first
+    process is gone is stopped by the kernel (PR_SET_PDEATHSIG), so none outlives the door."""
     if count == 1:
         return serve(0)
     children: dict[int, int] = {}
-    for index in range(count):
-        pid = os.fork()
-        if pid == 0:
-            status = 1
-            try:
-                status = serve(index)
-            except BaseException:  # noqa: BLE001 (a child must never return into the parent's loop)
-                log.exception("%s process %d failed", door, index)
-            finally:
-                logging.shutdown()
-                os._exit(status)
-        children[pid] = index
-    return _supervise(log, door, children)
-
-
-def _supervise(log: logging.Logger, door: str, children: dict[int, int]) -> int:
-    stopping, status = threading.Event(), 0
-
-    def forward(signum, _frame=None):
+    stopping = threading.Event()
+    # Held back while forking: a stop request then reaches every child once the handler is in.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    parent = os.getpid()
+    try:
+        for index in range(count):
+            pid = os.fork()
+            if pid == 0:
+                _run_child(log, door, index, serve, parent)
+            children[pid] = index
+    except OSError:
+        log.exception("%s could not start its processes", door)
+        _signal_all(children, signal.SIGTERM)
         stopping.set()
-        for pid in list(children):
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
+    finally:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, lambda signum, _frame: (stopping.set(), _signal_all(children, signum)))
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    return _supervise(log, door, children, stopping)
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, forward)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+PR_SET_PDEATHSIG = 1
+
+
+def _run_child(log: logging.Logger, door: str, index: int, serve: Callable[[int], int], parent: int) -> None:
+    status = 1
+    try:
+        _stop_with_parent(parent)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        status = serve(index)
+    except BaseException:  # noqa: BLE001 (a child must never return into the parent's loop)
+        log.exception("%s process %d failed", door, index + 1)
+    finally:
+        logging.shutdown()
+        os._exit(status)
+
+
+def _stop_with_parent(parent: int) -> None:
+    """Have the kernel send SIGTERM when the first process goes (Linux)."""
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name, use_errno=True) if name else None
+    if libc is not None and hasattr(libc, "prctl"):
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent went before prctl took effect
+        os._exit(1)
+
+
+def _signal_all(children: dict[int, int], signum: int) -> None:
+    for pid in list(children):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def _supervise(log: logging.Logger, door: str, children: dict[int, int], stopping: threading.Event) -> int:
+    status = 0
     while children:
         try:
             pid, wait_status = os.wait()
@@ -122,9 +153,11 @@ def _supervise(log: logging.Logger, door: str, children: dict[int, int]) -> int:
         index = children.pop(pid)
         code = os.waitstatus_to_exitcode(wait_status)
         if not stopping.is_set():
-            log.error("%s process %d ended on its own (status %s); stopping the door", door, index, code)
+            log.error("%s process %d ended on its own (status %s); stopping the door", door, index + 1, code)
+            stopping.set()
+            _signal_all(children, signal.SIGTERM)
+        if code != 0 and not status:
             status = code if code > 0 else 1
-            forward(signal.SIGTERM)
     return status
 
 

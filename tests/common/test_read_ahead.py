@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from common.content import READ_AHEAD_CHUNKS, ReadAhead
+from common.content import READ_AHEAD_CHUNKS, READ_AHEAD_THREADS, ReadAhead
 from common.errors import TransientError
 from common.jobs.ingest import ingest_version
 from tests.factories import admin_workspace
@@ -84,3 +84,24 @@ def test_a_download_from_the_store_abandoned_midway_leaves_no_thread(services, a
     del partial
     gc.collect()
     _wait_until_no_read_ahead_thread()
+
+
+def test_beyond_the_thread_limit_a_download_reads_on_its_own_thread():
+    def endless(mark: bytes):
+        while True:
+            yield mark
+
+    started = [ReadAhead(endless(b"%d" % n)) for n in range(READ_AHEAD_THREADS)]
+    try:
+        assert all(next(reader) == b"%d" % n for n, reader in enumerate(started))
+        assert len(_read_ahead_threads()) == READ_AHEAD_THREADS
+        extra = ReadAhead(endless(b"extra"))
+        assert [next(extra) for _ in range(3)] == [b"extra"] * 3
+        assert len(_read_ahead_threads()) == READ_AHEAD_THREADS  # no thread more
+        extra.close()
+    finally:
+        for reader in started:
+            reader.close()
+    _wait_until_no_read_ahead_thread()
+    fresh = ReadAhead(iter([b"a", b"b"]))
+    assert list(fresh) == [b"a", b"b"]  # the slots came back

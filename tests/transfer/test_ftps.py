@@ -920,3 +920,16 @@ def test_python_m_transfer_ftps_starts_from_the_environment_and_stops_on_sigterm
             proc.wait()
     assert proc.returncode == 0, output
     assert "ftps serving on" in output and "ftps stopped" in output
+
+
+def test_an_empty_file_downloads_and_is_audited_as_complete(ftps_server, account, services):
+    ftp = connect(ftps_server, account.admin_username, account.password)
+    try:
+        ftp.storbinary("STOR /empty.txt", io.BytesIO(b""))
+        received = io.BytesIO()
+        assert ftp.retrbinary("RETR /empty.txt", received.write).startswith("226")
+        assert received.getvalue() == b""
+    finally:
+        quit_quietly(ftp)
+    download = audit_rows(services, account.id, "download")[-1]
+    assert (download.status, download.nbytes) == ("ok", 0)

@@ -241,3 +241,23 @@ def test_too_few_passive_ports_for_the_processes_is_one_clear_line(test_env, tls
     lines = (done.stdout + done.stderr).strip().splitlines()
     assert done.returncode == ConfigError.exit_code
     assert len(lines) == 1 and "fewer than the 2 FTPS processes" in lines[0], lines
+
+
+def test_the_processes_stop_when_the_first_one_is_killed(test_env, account, tmp_path):
+    port = free_port_block(1)
+    env = {**client_env(test_env), "SFTP_PORT": str(port), "SFTP_PROCESSES": "2",
+           "SFTP_HOST_KEY_FILE": str(write_host_key(tmp_path / "host_key"))}
+    with door_processes("sftp", env, port) as (proc, children):
+        proc.kill()  # as a supervisor that kills only the pid it started
+        proc.communicate(timeout=30)
+        deadline = time.monotonic() + 20
+        while any(_running(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_running(pid) for pid in children), "a door process outlived the door"
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -242,9 +242,9 @@ class DownloadFile:
             if block is None:
                 self._exhausted = True
                 return b""
-            if len(block) <= size:
+            if block and len(block) <= size:
                 return block
-            self._block = memoryview(block)
+            self._block = memoryview(block)  # or an empty file's empty chunk: the loop ends it
         pieces, wanted = [], size
         while (size < 0 or wanted > 0) and not self._exhausted:
             if not self._block:

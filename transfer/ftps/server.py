@@ -38,8 +38,7 @@ class FTPSServer(ThreadedFTPServer):
 def handler_class(services: Services, *, implicit: bool = False, passive_ports: range | None = None) -> type[FTPSHandler]:
     """A handler subclass carrying this process's settings as class options."""
     settings = services.settings
-    if settings.tls_cert_file is None or settings.tls_key_file is None:
-        raise ConfigError("TLS_CERT_FILE and TLS_KEY_FILE must be set for FTPS")
+    check_tls_settings(settings)
     base = ImplicitFTPSHandler if implicit else FTPSHandler
     return type(f"Configured{base.__name__}", (base,), {
         "services": services,
@@ -53,6 +52,11 @@ def handler_class(services: Services, *, implicit: bool = False, passive_ports: 
         "max_login_attempts": settings.lockout_threshold,
         "login_timeout": settings.login_timeout_seconds,
     })
+
+
+def check_tls_settings(settings) -> None:
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        raise ConfigError("TLS_CERT_FILE and TLS_KEY_FILE must be set for FTPS")
 
 
 def build_servers(services: Services, host: str, *, passive_ports: range | None = None,
@@ -98,6 +102,7 @@ def main() -> int:
     logging.getLogger("pyftpdlib").setLevel(logging.WARNING)
     try:
         settings = process.load_settings()
+        check_tls_settings(settings)  # here, so that several processes do not each say it
         passive = process.split_range(settings.ftps_passive_ports, settings.ftps_processes)
     except ConfigError as exc:
         return process.refuse_to_start(log, "ftps", exc)
