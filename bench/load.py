@@ -27,7 +27,6 @@ the temporary folder is removed. The client processes re-enter this file (`clien
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import dataclasses
 import io
@@ -60,16 +59,14 @@ def _bench_transfer():
 
 import psutil  # noqa: E402
 
-from devstack import backing  # noqa: E402
-from devstack.keys import ensure_ssh_host_key, ensure_tls_certificate  # noqa: E402
 
 _shared = _bench_transfer()
 (PortPlan, Processes, append_to_section, cpu_seconds, loadavg, log, machine_description, make_random_file,
- median, our_environment, prepare_our_database, read_status, remove_work_folder, run, sha256_file,
+ median, prepare_our_database, read_status, remove_work_folder, run, sha256_file, start_backing_services,
  stop_backing_services) = (getattr(_shared, name) for name in (
     "PortPlan", "Processes", "append_to_section", "cpu_seconds", "loadavg", "log", "machine_description",
-    "make_random_file", "median", "our_environment", "prepare_our_database", "read_status",
-    "remove_work_folder", "run", "sha256_file", "stop_backing_services"))
+    "make_random_file", "median", "prepare_our_database", "read_status", "remove_work_folder", "run",
+    "sha256_file", "start_backing_services", "stop_backing_services"))
 
 MIB = 1024 * 1024
 HOST = "127.0.0.1"
@@ -183,15 +180,7 @@ class Stack:
         self.starts = self.worker_starts = 0
         cleanup.callback(stop_backing_services, self.services_dir)
         cleanup.callback(self.processes.stop_all)
-        log("starting PostgreSQL, Valkey and SeaweedFS")
-        service_env = backing.start_services(self.services_dir, ports.backing,
-                                             backing.ServiceSecrets.generate(), durable=False)
-        (work / "tls").mkdir()
-        ensure_tls_certificate(work / "tls" / "cert.pem", work / "tls" / "key.pem")
-        (work / "our-ssh").mkdir(mode=0o700)
-        ensure_ssh_host_key(work / "our-ssh" / "host_ed25519_key")
-        master_keys = "b1:" + base64.b64encode(secrets.token_bytes(32)).decode()
-        self.env = {**our_environment(service_env, work, ports, master_keys), **LOAD_LIMITS}
+        self.env = {**start_backing_services(work, self.services_dir, ports), **LOAD_LIMITS}
         self.password = "Load-" + secrets.token_urlsafe(12) + "-9q"
         log("migrating the database and creating the account")
         prepare_our_database(self.env, USER, self.password)

@@ -528,6 +528,20 @@ def our_environment(service_env: dict[str, str], work: Path, ports: PortPlan,
     }
 
 
+def start_backing_services(work: Path, services_dir: Path, ports: PortPlan) -> dict[str, str]:
+    """PostgreSQL, Valkey and SeaweedFS with data under services_dir, a TLS certificate, an SSH
+    host key and master keys in work: the environment our processes run with."""
+    log("starting PostgreSQL, Valkey and SeaweedFS")
+    service_env = backing.start_services(services_dir, ports.backing,
+                                         backing.ServiceSecrets.generate(), durable=False)
+    (work / "tls").mkdir()
+    ensure_tls_certificate(work / "tls" / "cert.pem", work / "tls" / "key.pem")
+    (work / "our-ssh").mkdir(mode=0o700)
+    ensure_ssh_host_key(work / "our-ssh" / "host_ed25519_key")
+    master_keys = "b1:" + base64.b64encode(secrets.token_bytes(32)).decode()
+    return our_environment(service_env, work, ports, master_keys)
+
+
 def prepare_our_database(env: dict[str, str], username: str, password: str) -> None:
     """Migrate the database and create an account, as tests/fixtures.py does."""
     from flask_migrate import upgrade
@@ -950,15 +964,7 @@ def bench(args: argparse.Namespace) -> str:
             big_file = work / "big.bin"
             memory_files.append((args.memory_big_mib, big_file, make_random_file(big_file, args.memory_big_mib * MIB)))
 
-        log("starting PostgreSQL, Valkey and SeaweedFS")
-        service_env = backing.start_services(services_dir, ports.backing,
-                                             backing.ServiceSecrets.generate(), durable=False)
-        (work / "tls").mkdir()
-        ensure_tls_certificate(work / "tls" / "cert.pem", work / "tls" / "key.pem")
-        (work / "our-ssh").mkdir(mode=0o700)
-        ensure_ssh_host_key(work / "our-ssh" / "host_ed25519_key")
-        master_keys = "b1:" + base64.b64encode(secrets.token_bytes(32)).decode()
-        env = {**our_environment(service_env, work, ports, master_keys),
+        env = {**start_backing_services(work, services_dir, ports),
                "FTPS_PROCESSES": str(args.processes), "SFTP_PROCESSES": str(args.processes)}
         our_user, our_password = "benchadmin", "Bench-" + secrets.token_urlsafe(12) + "-9q"
         log("migrating the database and creating the account")
